@@ -1,0 +1,3 @@
+from normstudy.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""The ``normstudy`` command: a few lines per command over the parts of the package.
+
+Heavy libraries (torch, ray, mlflow) are imported inside the commands that need them, so
+``--help``, ``validate``, ``best`` and ``report`` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Hyperparameter and scaling studies of normalization: Ray Tune + Optuna over timm "
+    "models, MLflow runs, Parquet results, paper-style reports.",
+)
+out = Console()
+err = Console(stderr=True)
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="Study home (default: $NORMSTUDY_HOME or ./studies)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a field before validation: dotted.key=value (repeat)."),
+]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(path: Path, overrides: list[str] | None):  # type: ignore[no-untyped-def]
+    from normstudy.spec import SpecError, load_spec
+
+    try:
+        return load_spec(path, overrides or [])
+    except SpecError as e:
+        _fail(str(e))
+
+
+def _study_spec(study: str, home: Path | None):  # type: ignore[no-untyped-def]
+    from normstudy.home import StudyPaths, resolve_home
+    from normstudy.spec import SpecError, load_spec
+
+    paths = StudyPaths(resolve_home(home), study)
+    if not paths.spec_file.exists():
+        _fail(f"no study {study!r} in {paths.home} (run it first, or pass --home)")
+    try:
+        return paths, load_spec(paths.spec_file)
+    except SpecError as e:
+        _fail(str(e))
+
+
+@app.command()
+def validate(path: Path, set_: SetOpt = None) -> None:
+    """Check a study description; print what it would run. Exit 2 on a bad field."""
+    from normstudy.search._space import num_trials
+
+    spec = _load(path, set_)
+    out.print(f"[green]ok[/green] {spec.name}: {num_trials(spec)} trials of {spec.model.name} on "
+              f"{spec.dataset.name}, {spec.train.epochs} epochs, sampler {spec.search.sampler}, "
+              f"scheduler {spec.search.scheduler.name}")
+    for key, dist in spec.search.space.items():
+        out.print(f"  {key}: {dist.model_dump(exclude_defaults=False)}", highlight=False)
+
+
+@app.command()
+def run(
+    path: Path,
+    home: HomeOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted study.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete the study's earlier results first.")] = False,
+    set_: SetOpt = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow server (default: $MLFLOW_TRACKING_URI or HOME's store).")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Rows of the final table.")] = 10,
+) -> None:
+    """Run a study end to end (local Ray unless RAY_ADDRESS is set), then print the best."""
+    from normstudy.home import resolve_home
+
+    spec = _load(path, set_)
+    if resume and overwrite:
+        _fail("--resume and --overwrite exclude each other")
+    from normstudy.search import StudyStateError, run_study
+
+    home_dir = resolve_home(home)
+    try:
+        outcome = run_study(spec, home_dir, out, resume=resume, overwrite=overwrite,
+                            tracking=tracking_uri)
+    except StudyStateError as e:
+        _fail(str(e))
+    if outcome.tracking_failures:
+        err.print(f"[yellow]MLflow: {len(outcome.tracking_failures)} logging calls failed; the "
+                  "Parquet results are complete. First ones:[/yellow]")
+        for line in outcome.tracking_failures[:5]:
+            err.print(f"  {line}", highlight=False)
+    _print_best(spec, outcome.paths, top, "table")
+    out.print(f"results: {outcome.paths.results}\nMLflow UI: normstudy ui --home {home_dir}")
+    if outcome.errored:
+        _fail(f"{len(outcome.errored)} trials failed: {', '.join(outcome.errored)}", code=1)
+
+
+def _print_best(spec, paths, top: int, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    from normstudy.report import best_table
+    from normstudy.results import read_results, trial_scores
+
+    metric, mode = spec.search.metrics[0], spec.search.modes[0]
+    scores = trial_scores(read_results(paths.results), metric, mode)
+    if fmt == "table":
+        out.print(f"best {metric} ({mode}) over epochs, per trial:")
+    out.print(best_table(scores, top, fmt), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def best(
+    study: str,
+    home: HomeOpt = None,
+    top: Annotated[int, typer.Option(help="How many trials.")] = 5,
+    format_: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """The best trials of a study by its metric (read from the Parquet results)."""
+    if format_ not in ("table", "json"):
+        _fail(f"--format must be table or json, got {format_!r}")
+    paths, spec = _study_spec(study, home)
+    _print_best(spec, paths, top, format_)
+
+
+@app.command()
+def report(
+    study: str,
+    home: HomeOpt = None,
+    format_: Annotated[list[str], typer.Option("--format", help="md, csv, latex or html (repeat)")] = ["md"],  # noqa: B006
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder (default reports/STUDY).")] = None,
+) -> None:
+    """Export the study's tables (per trial, per configuration over seeds) to files."""
+    from normstudy.report import write_report
+    from normstudy.results import read_results
+
+    bad = [f for f in format_ if f not in ("md", "csv", "latex", "html")]
+    if bad:
+        _fail(f"--format {bad[0]!r}: choose md, csv, latex or html")
+    paths, spec = _study_spec(study, home)
+    table = read_results(paths.results)
+    if table.num_rows == 0:
+        _fail(f"study {study!r} has no results yet in {paths.results}")
+    written = write_report(study, table, spec.search.metrics[0], spec.search.modes[0],
+                           out_dir or Path("reports") / study, format_)
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def ui(
+    home: HomeOpt = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
+) -> None:
+    """Serve the MLflow UI on the study home's store."""
+    from normstudy.home import local_tracking_uri, resolve_home
+
+    home_dir = resolve_home(home)
+    if not (home_dir / "mlflow.db").exists():
+        _fail(f"no MLflow store in {home_dir} (run a study first, or pass --home)")
+    mlflow = Path(sys.executable).with_name("mlflow")
+    args = [str(mlflow), "server", "--backend-store-uri", local_tracking_uri(home_dir),
+            "--artifacts-destination", (home_dir / "mlartifacts").as_uri(),
+            "--host", host, "--port", str(port), "--workers", "1"]
+    out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
+    os.execv(args[0], args)
+
+
+@app.command()
+def plugins() -> None:
+    """The registered plugins with their options and defaults."""
+    from rich.table import Table
+
+    from normstudy.plugins import plugin_registry
+
+    table = Table("plugin", "option", "type", "default", "what it does")
+    for name, cls in plugin_registry().items():
+        fields = list(cls.Options.model_fields.items()) or [("-", None)]
+        for i, (option, field) in enumerate(fields):
+            kind = "" if field is None else getattr(field.annotation, "__name__", str(field.annotation))
+            default = "" if field is None else repr(field.default)
+            doc = (field.description or "") if field is not None else ""
+            table.add_row(name if i == 0 else "", option, kind, default,
+                          cls.describe() if i == 0 else doc)
+    out.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,140 @@
+"""Aggregation over seeds and paired significance tests.
+
+scipy is imported only when a test runs: `best` never needs it and it costs ~1 s at start.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from normstudy.results import TrialScore
+
+Mode = Literal["max", "min"]
+
+
+def is_seed_key(key: str) -> bool:
+    """Config keys that only carry the seed: they never tell configurations apart."""
+    return key == "seed" or key.endswith(".seed")
+
+
+def varying_keys(configs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Config keys (seed keys excluded) whose value differs between configs; absent = None."""
+    configs = list(configs)
+    keys = sorted({k for c in configs for k in c if not is_seed_key(k)})
+    return [k for k in keys if len({_hashable(c.get(k)) for c in configs}) > 1]
+
+
+def _hashable(value: Any) -> Hashable:
+    # Keeps 1 and True (equal in Python) apart, and NaN equal to itself.
+    if isinstance(value, float) and math.isnan(value):
+        return ("nan",)
+    return (type(value) is bool, value)
+
+
+@dataclass(frozen=True)
+class MeanStd:
+    """Mean and sample standard deviation (ddof=1; None for a single value) of n values."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> MeanStd | None:
+        """None when there are no values."""
+        values = list(values)
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return cls(statistics.fmean(values), std, len(values))
+
+
+@dataclass(frozen=True)
+class ConfigGroup:
+    """Trials sharing one configuration apart from the seed."""
+
+    config: dict[str, Any]
+    trials: tuple[TrialScore, ...]
+
+    def samples(self, value: Callable[[TrialScore], float | None]) -> dict[Hashable, float]:
+        """One value per seed, keyed by seed.
+
+        A seed run twice (e.g. in the search and again in the confirm phase) counts once, with
+        the mean of its runs; a trial without a seed is its own sample and is never paired.
+        Missing and NaN values are left out.
+        """
+        by_seed: dict[Hashable, list[float]] = {}
+        for trial in self.trials:
+            v = value(trial)
+            if v is None or math.isnan(v):
+                continue
+            key = trial.seed if trial.seed is not None else ("trial", trial.trial_id)
+            by_seed.setdefault(key, []).append(v)
+        return {k: statistics.fmean(vs) for k, vs in by_seed.items()}
+
+
+def group_by_config(scores: Iterable[TrialScore]) -> list[ConfigGroup]:
+    """Groups trials by config without seed keys, in order of first appearance."""
+    groups: dict[tuple[Any, ...], list[TrialScore]] = {}
+    configs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for score in scores:
+        config = {k: v for k, v in score.config.items() if not is_seed_key(k)}
+        key = tuple(sorted((k, _hashable(v)) for k, v in config.items()))
+        groups.setdefault(key, []).append(score)
+        configs.setdefault(key, config)
+    return [ConfigGroup(configs[key], tuple(trials)) for key, trials in groups.items()]
+
+
+def find_baseline(groups: Sequence[ConfigGroup], baseline: Mapping[str, Any]) -> ConfigGroup:
+    """The one group whose config has every baseline value (keys with or without ``config.``).
+
+    Raises:
+        ValueError: No group, or more than one, matches.
+    """
+    wanted = {k.removeprefix("config."): v for k, v in baseline.items()}
+    matches = [
+        g
+        for g in groups
+        if all(_hashable(g.config.get(k)) == _hashable(v) for k, v in wanted.items())
+    ]
+    if len(matches) != 1:
+        found = "no configuration" if not matches else f"{len(matches)} configurations"
+        raise ValueError(
+            f"baseline {wanted} matches {found}; give the keys that single one out "
+            f"(configurations: {[g.config for g in groups]})"
+        )
+    return matches[0]
+
+
+def paired_pvalue(
+    a: Mapping[Hashable, float], b: Mapping[Hashable, float], mode: Mode
+) -> float | None:
+    """One-sided paired t-test that ``a`` beats ``b`` (greater for max, less for min).
+
+    Args:
+        a: Values keyed by seed (see `ConfigGroup.samples`).
+        b: The baseline's values keyed by seed.
+        mode: Whether larger ("max") or smaller ("min") values are better.
+
+    Returns:
+        The p-value over the seeds both have, or None with fewer than two shared seeds.
+    """
+    seeds = sorted(k for k in a.keys() & b.keys() if isinstance(k, int))
+    if len(seeds) < 2:
+        return None
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        # Identical pairs (zero variance of the differences) give NaN: not significant.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_rel(
+            [a[s] for s in seeds],
+            [b[s] for s in seeds],
+            alternative="greater" if mode == "max" else "less",
+        )
+    return float(result.pvalue)

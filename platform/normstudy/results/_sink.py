@@ -1,0 +1,133 @@
+"""Atomic, idempotent Parquet files of a trial's per-epoch rows (one file per trial)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from normstudy.results._schema import STATUSES, rows_to_table, scalar
+
+# A trial id becomes a file name; anything that could escape the directory or hide the
+# file (a leading dot marks temp files) is refused.
+_TRIAL_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=,+-]*$")
+
+
+def _same_row(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal apart from status and timestamp; NaN equals NaN, 1 equals 1.0."""
+    for key in (set(a) | set(b)) - {"status", "meta.updated_at"}:
+        x, y = scalar(a.get(key)), scalar(b.get(key))
+        both_nan = isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)
+        if not both_nan and x != y:
+            return False
+    return True
+
+
+class ResultsSink:
+    """Writes each trial's rows to ``<results_dir>/<trial_id>.parquet``, atomically.
+
+    A (trial, epoch) appears once per file: a retried or resumed trial that re-reports an
+    epoch replaces that row, so repeating an update never duplicates rows.
+
+    Example:
+        >>> sink = ResultsSink("studies/demo/results")  # doctest: +SKIP
+        >>> row = make_row(study="demo", trial_id="t1", seed=1, epoch=1,  # doctest: +SKIP
+        ...                config={"train": {"lr": 0.1}}, metrics={"val/acc": 0.5})
+        >>> sink.update("t1", [row], "running")  # doctest: +SKIP
+    """
+
+    def __init__(self, results_dir: str | Path) -> None:
+        self.results_dir = Path(results_dir)
+
+    def path(self, trial_id: str) -> Path:
+        """The trial's Parquet file (it may not exist yet)."""
+        if not _TRIAL_ID.match(trial_id):
+            raise ValueError(f"trial_id {trial_id!r} is not usable as a file name")
+        return self.results_dir / f"{trial_id}.parquet"
+
+    def load(self, trial_id: str) -> list[dict[str, Any]]:
+        """The trial's stored rows, ordered by epoch; [] if it has none."""
+        path = self.path(trial_id)
+        return pq.read_table(path).to_pylist() if path.exists() else []
+
+    def update(self, trial_id: str, rows: Sequence[Mapping[str, Any]], status: str) -> Path:
+        """Merges ``rows`` into the trial's file (newest row per epoch wins) and sets its status.
+
+        Args:
+            trial_id: The trial; rows without a ``trial_id`` get this one.
+            rows: Rows in the results schema (see `make_row`), each with an int ``epoch`` >= 1.
+            status: One of running, completed, error, stopped; applied to every row of the trial.
+
+        Returns:
+            The path of the rewritten file.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is not one of {STATUSES}")
+        path = self.path(trial_id)
+        merged = {row["epoch"]: row for row in self.load(trial_id)}
+        now = datetime.now(UTC)
+        for row in rows:
+            new = _checked(row, trial_id)
+            old = merged.get(new["epoch"])
+            if new.get("meta.updated_at") is None:
+                # An unchanged row keeps its timestamp, so repeating an update is a no-op.
+                keep = old is not None and _same_row(old, new)
+                new["meta.updated_at"] = old["meta.updated_at"] if old and keep else now
+            merged[new["epoch"]] = new
+        for row in merged.values():
+            row["status"] = status
+        table = rows_to_table([merged[epoch] for epoch in sorted(merged)])
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(table, path)
+        return path
+
+
+def _checked(row: Mapping[str, Any], trial_id: str) -> dict[str, Any]:
+    new = dict(row)
+    if new.setdefault("trial_id", trial_id) != trial_id:
+        raise ValueError(f"row of trial {new['trial_id']!r} given to trial {trial_id!r}")
+    epoch = new.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise ValueError(f"trial {trial_id!r}: epoch must be an int >= 1, got {epoch!r}")
+    return new
+
+
+def _write_parquet(table: pa.Table, file: IO[bytes]) -> None:
+    pq.write_table(table, file)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    # Readers (report, a concurrent `status`) see the old file or the new one, never a
+    # partial one: write beside it, flush to disk, then rename over it.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide results from others
+            _write_parquet(table, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; some file systems cannot open directories.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

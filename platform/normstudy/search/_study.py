@@ -1,0 +1,184 @@
+"""Assemble and run a study: Ray Tune + OptunaSearch + scheduler + callbacks."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from normstudy.home import StudyPaths, git_revision, tracking_uri
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from normstudy.spec import StudySpec
+
+
+class StudyStateError(RuntimeError):
+    """The study folder does not fit the request (exists without --resume, or changed)."""
+
+
+@dataclasses.dataclass
+class StudyOutcome:
+    paths: StudyPaths
+    num_trials: int
+    errored: list[str]
+    tracking_failures: list[str]
+
+
+def _objectives(spec: StudySpec) -> list[tuple[str, str]]:
+    return list(zip(spec.search.metrics, spec.search.modes, strict=True))
+
+
+def _prepare_folder(spec: StudySpec, paths: StudyPaths, resume: bool, overwrite: bool) -> None:
+    resolved = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    if paths.root.exists() and overwrite:
+        shutil.rmtree(paths.root)
+    if resume:
+        if not paths.spec_file.exists():
+            raise StudyStateError(
+                f"nothing to resume: no study {spec.name!r} in {paths.home} (run without --resume)"
+            )
+        if paths.spec_file.read_text() != resolved:
+            raise StudyStateError(
+                f"the study description of {spec.name!r} changed since it started "
+                f"({paths.spec_file}); resume with the same description and --set values, or "
+                "start a new study (another name or --home)"
+            )
+        return
+    if paths.spec_file.exists():
+        raise StudyStateError(
+            f"study {spec.name!r} already exists in {paths.home}: pass --resume to continue it, "
+            "--overwrite to start it again, or choose another --home"
+        )
+    paths.results.mkdir(parents=True, exist_ok=True)
+    tmp = paths.spec_file.with_suffix(".tmp")
+    tmp.write_text(resolved)
+    tmp.replace(paths.spec_file)
+
+
+def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from normstudy.search._space import define_by_run, make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    metrics = [f"best/{m}" for m in spec.search.metrics]
+    space = {k: d.model_dump(mode="json") for k, d in spec.search.space.items()}
+    single = len(metrics) == 1
+    searcher = OptunaSearch(
+        space=functools.partial(define_by_run, space=space, seeds=spec.seed_list()),
+        metric=metrics[0] if single else metrics,
+        mode=spec.search.modes[0] if single else spec.search.modes,
+        sampler=make_sampler(spec),
+        study_name=spec.name,
+        storage=optuna.storages.RDBStorage(paths.optuna_url),
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
+
+
+def _scheduler(spec: StudySpec) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = spec.search.scheduler
+    if s.name == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration", metric=f"best/{spec.search.metrics[0]}",
+            mode=spec.search.modes[0], max_t=spec.train.epochs, grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
+    return FIFOScheduler()
+
+
+def _init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Reach an existing cluster when RAY_ADDRESS is set (a Ray job); else start a local one.
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
+        configure_logging=True, logging_level="ERROR",
+    )
+
+
+def run_study(
+    spec: StudySpec, home: Path, console: Console, *, resume: bool = False,
+    overwrite: bool = False, tracking: str | None = None,
+) -> StudyOutcome:
+    """Run (or resume) ``spec`` with its folder under ``home``; return what happened."""
+    from ray import tune
+
+    from normstudy import __version__
+    from normstudy.results import ResultsSink
+    from normstudy.search._callbacks import LiveView, StudyCallback
+    from normstudy.search._space import num_trials
+    from normstudy.search._trainable import tune_trainable
+    from normstudy.tracking import StudyTracker
+
+    paths = StudyPaths(home, spec.name)
+    _prepare_folder(spec, paths, resume, overwrite)
+    meta = {"version": __version__, "git_rev": git_revision()}
+    tracker = StudyTracker(
+        uri=tracking_uri(home, tracking), study=spec.name, artifact_root=paths.artifacts,
+        state_file=paths.tracking_state,
+        tags={"normstudy.study": spec.name, "normstudy.version": meta["version"],
+              "normstudy.git_rev": meta["git_rev"]},
+    )
+    total = num_trials(spec)
+    score_keys = [f"best/{m}" for m in spec.search.metrics]
+    base = spec.trial_base()
+    callbacks = [
+        StudyCallback(study=spec.name, base=base, epochs=spec.train.epochs,
+                      sink=ResultsSink(paths.results), tracker=tracker, meta=meta,
+                      score_keys=score_keys),
+        LiveView(console, total, score_keys[0], spec.search.modes[0]),
+    ]
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, base=base, objectives=_objectives(spec)),
+        {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
+    )
+    _init_ray()
+    if resume and tune.Tuner.can_restore(str(paths.tune)):
+        tuner = tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_errored=True)
+        # Callbacks are not restored with the experiment: give them again.
+        tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(spec, paths), scheduler=_scheduler(spec), num_samples=total,
+            ),
+            run_config=tune.RunConfig(
+                name=paths.tune.name, storage_path=str(paths.root),
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=callbacks, verbose=0,
+            ),
+        )
+    grid = tuner.fit()
+    errored = [r.metrics.get("trial_id", "?") for r in grid if r.error is not None]
+    best = _best_summary(spec, paths)
+    tracker.study_ended(best, status="FAILED" if errored else "FINISHED")
+    failures = tracker.close()
+    return StudyOutcome(paths, len(grid), errored, failures)
+
+
+def _best_summary(spec: StudySpec, paths: StudyPaths) -> dict[str, Any] | None:
+    from normstudy.results import read_results, trial_scores
+
+    scores = trial_scores(read_results(paths.results), spec.search.metrics[0], spec.search.modes[0])
+    if not scores or scores[0].score is None:
+        return None
+    top = scores[0]
+    return {"trial_id": top.trial_id, "metric": f"best/{spec.search.metrics[0]}",
+            "score": top.score, "best_epoch": top.best_epoch, "config": top.config}

@@ -1,0 +1,29 @@
+"""The study description: typed, validated, with clear errors. Imports no torch or ray."""
+
+from normstudy.spec._distributions import Distribution
+from normstudy.spec._load import SpecError, apply_override, load_spec, parse_override, validate_data
+from normstudy.spec._model import (
+    DatasetSpec,
+    ModelSpec,
+    SearchSpec,
+    StudySpec,
+    TrainSpec,
+    TrialConfig,
+)
+from normstudy.spec._space import set_dotted
+
+__all__ = [
+    "DatasetSpec",
+    "Distribution",
+    "ModelSpec",
+    "SearchSpec",
+    "SpecError",
+    "StudySpec",
+    "TrainSpec",
+    "TrialConfig",
+    "apply_override",
+    "load_spec",
+    "parse_override",
+    "set_dotted",
+    "validate_data",
+]

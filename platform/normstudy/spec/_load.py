@@ -1,0 +1,136 @@
+"""Read a study description: YAML -> ``--set`` overrides -> validated ``StudySpec``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from normstudy.spec._model import StudySpec
+
+
+class SpecError(ValueError):
+    """A study description that cannot be used; ``str(err)`` names each bad field and the fix."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid study description\n" + "\n".join(
+            f"  - {p}" for p in problems
+        ))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=0.1"`` -> ``("train.lr", 0.1)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError("--set", [f"{text!r}: write dotted.key=value (e.g. train.epochs=1)"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise SpecError("--set", [f"{text!r}: the value is not valid YAML ({err})"]) from None
+    return key.strip(), value
+
+
+_DIST_FIELDS = ("type", "low", "high", "step", "log", "choices", "values")
+
+
+def _space_of(data: dict[str, Any]) -> Any:
+    search = data.get("search")
+    return search.get("space") if isinstance(search, dict) else None
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key in raw spec data. Existing keys may contain dots
+    (``search.space.train.lr.high``): at each level the longest existing key that matches wins."""
+    node = data
+    rest = key
+    while True:
+        match = next(
+            (k for k in sorted(node, key=lambda k: -len(str(k)))
+             if rest == str(k) or rest.startswith(f"{k}.")),
+            None,
+        )
+        if match is None and node is _space_of(data):
+            # A new space key keeps its dots: 'train.lr' or 'train.lr.low' -> key 'train.lr'.
+            head, _, tail = rest.rpartition(".")
+            if tail in _DIST_FIELDS and head:
+                node.setdefault(head, {})[tail] = value
+            else:
+                node[rest] = value
+            return
+        if match is None:
+            head, _, tail = rest.partition(".")
+            if not tail:
+                node[head] = value
+                return
+            node = node.setdefault(head, {})
+            rest = tail
+        elif rest == str(match):
+            node[match] = value
+            return
+        else:
+            child = node[match]
+            if not isinstance(child, dict):
+                child = node[match] = {}
+            node, rest = child, rest[len(str(match)) + 1:]
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = StudySpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+        where = ".".join(str(p) for p in loc)
+        if loc[:2] == ("search", "space") and len(loc) > 2:
+            # The distribution's tag ('loguniform') is not a key the user wrote.
+            rest = [str(p) for p in loc[4:]]
+            where = f"search.space[{loc[2]!r}]" + "".join(f".{p}" for p in rest)
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith(f"{where}.") or msg.startswith(f"{where}:"):
+            where = ""  # the message already names the field
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            msg = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] == "union_tag_not_found":
+            msg = "a distribution needs 'type': uniform, loguniform, int, categorical or grid"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        problems.append(f"{where}: {msg}" if where else msg)
+    return problems
+
+
+def validate_data(data: Any, source: str = "<spec>") -> StudySpec:
+    if not isinstance(data, dict):
+        raise SpecError(source, ["the file must hold a mapping (name:, dataset:, model:, ...)"])
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(source, _explain(err)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """Load and validate a study description, applying ``dotted.key=value`` overrides first."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), ["no such file"])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(str(path), [f"not valid YAML: {err}"]) from None
+    if isinstance(data, dict):
+        for text in overrides:
+            apply_override(data, *parse_override(text))
+    return validate_data(data, str(path))

@@ -1,0 +1,297 @@
+"""The typed study description. Pure pydantic: no torch, no ray (``validate`` must start fast)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from normstudy.spec._distributions import Distribution
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+
+
+class Strict(BaseModel):
+    """Base for every spec section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentSpec(Strict):
+    """Training-time augmentation, applied on batches of tensors."""
+
+    crop_padding: Annotated[int, Field(ge=0)] = 0
+    """Pad-crop: pad each side by this many pixels (reflect), then crop back at random (0: off)."""
+    flip: bool = False
+    """Random horizontal flip with probability 1/2."""
+
+
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "svhn", "fashion_mnist", "imagefolder", "synthetic")
+_NEEDS_ROOT = ("cifar10", "cifar100", "svhn", "fashion_mnist")
+
+
+class DatasetSpec(Strict):
+    name: Literal[
+        "digits", "cifar10", "cifar100", "svhn", "fashion_mnist", "imagefolder", "synthetic"
+    ] = "digits"
+    root: str | None = None
+    """Folder holding a torchvision dataset (cifar10, cifar100, svhn, fashion_mnist)."""
+    download: bool = False
+    """Download into ``root`` when missing (never done unless asked)."""
+    path: str | None = None
+    """imagefolder: a folder with one sub-folder per class (or train/ and test/ inside)."""
+    image_size: Annotated[int, Field(ge=4, le=1024)] | None = None
+    """Resize images to this side length (default: the dataset's own; digits: 16)."""
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    """Share of each class of the training set held out for validation (deterministic)."""
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    """For datasets without a test split (digits, imagefolder without test/, synthetic)."""
+    split_seed: int = 0
+    """Seed of the class-wise splits; fixed per study so every trial sees the same split."""
+    normalize: bool = True
+    """Standardize inputs with the training set's channel mean/std (off under input_norm)."""
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    num_samples: Annotated[int, Field(ge=10)] = 2000
+    """synthetic: number of samples."""
+    num_classes: Annotated[int, Field(ge=2)] = 10
+    """synthetic: number of classes."""
+    channels: Annotated[int, Field(ge=1, le=4)] = 3
+    """synthetic: number of channels."""
+
+    @model_validator(mode="after")
+    def _needs_location(self) -> DatasetSpec:
+        if self.name in _NEEDS_ROOT and not self.root:
+            raise ValueError(
+                f"dataset.root is required for {self.name!r}: the folder that holds (or, with "
+                "dataset.download: true, will hold) the torchvision files"
+            )
+        if self.name == "imagefolder" and not self.path:
+            raise ValueError("dataset.path is required for 'imagefolder': a folder of class folders")
+        return self
+
+
+class ModelSpec(Strict):
+    name: str = "resnet18"
+    """A timm model name (``timm.list_models()``)."""
+    cifar_stem: bool = False
+    """Replace the stem with a 3x3 stride-1 conv and no max-pool (small images)."""
+    drop_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """timm's dropout before the classifier."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Further keyword arguments for ``timm.create_model``."""
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from normstudy.spec._timm_names import check_model_name
+
+        check_model_name(name)
+        return name
+
+
+class ScheduleSpec(Strict):
+    name: Literal["cosine", "step", "exponential", "constant"] = "cosine"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    """Linear warmup from lr/100 over this many epochs, then the schedule."""
+    step_size: Annotated[int, Field(ge=1)] = 30
+    """step: epochs between decays."""
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    """step/exponential: the decay factor (exponential: per epoch)."""
+    min_lr_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """cosine: final lr as a fraction of the initial lr."""
+
+
+class TrainSpec(Strict):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: Annotated[float, Field(gt=0.0)] = 0.1
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    nesterov: bool = False
+    weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
+    """Applied to conv/linear weights only: norm parameters and biases get none."""
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    eval_batch_size: Annotated[int, Field(ge=1)] = 512
+    epochs: Annotated[int, Field(ge=1)] = 10
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    max_steps_per_epoch: Annotated[int, Field(ge=1)] | None = None
+    """Cap the optimizer steps per epoch (smoke tests, benchmarks); None: the whole split."""
+    threads: Annotated[int, Field(ge=1)] | None = None
+    """torch CPU threads per trial (default: the trial's CPU resources)."""
+
+
+class SchedulerSpec(Strict):
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    """asha: epochs every trial gets before it can be stopped."""
+    reduction_factor: Annotated[float, Field(gt=1.0)] = 3.0
+    """asha: keep 1/reduction_factor of the trials at each rung."""
+
+
+class SearchSpec(Strict):
+    sampler: Literal["tpe", "random", "grid", "cmaes", "nsga2"] = "tpe"
+    num_samples: Annotated[int, Field(ge=1)] = 8
+    """Trials to run (grid: at most the grid's size; default for grid is the whole grid)."""
+    metric: str | list[str] = "val/acc"
+    """Reported metric(s) to optimize; a trial's score is its best value over its epochs."""
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    max_concurrent: Annotated[int, Field(ge=1)] = 2
+    seed: int = 0
+    """Seed of the sampler (the search is reproducible given the same results)."""
+    n_startup_trials: Annotated[int, Field(ge=0)] | None = None
+    """tpe/cmaes: random trials before the model kicks in (default: Optuna's)."""
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    """Dotted config keys (``train.lr``, ``plugins.gamma_init.value``) -> distributions."""
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        if isinstance(self.mode, str):
+            return [self.mode] * len(self.metrics)
+        return list(self.mode)
+
+    @model_validator(mode="after")
+    def _objectives(self) -> SearchSpec:
+        if len(self.modes) != len(self.metrics):
+            raise ValueError(
+                f"search.mode lists {len(self.modes)} modes for {len(self.metrics)} metrics: "
+                "give one mode per metric (or a single mode for all)"
+            )
+        multi = len(self.metrics) > 1
+        if multi and self.scheduler.name == "asha":
+            raise ValueError(
+                "search.scheduler 'asha' stops trials by one metric; with several search.metric "
+                "use scheduler 'fifo'"
+            )
+        if multi and self.sampler in ("cmaes",):
+            raise ValueError(
+                "search.sampler 'cmaes' is single-objective; use 'nsga2', 'tpe' or 'random' for "
+                "several metrics"
+            )
+        if self.sampler == "grid":
+            bad = [k for k, d in self.space.items() if d.grid_values() is None]
+            if bad:
+                raise ValueError(
+                    f"search.sampler 'grid' needs explicit values; search.space[{bad[0]!r}] is "
+                    "continuous: give it type 'grid' (values: [...]) or 'categorical' (choices)"
+                )
+        return self
+
+
+class ResourcesSpec(Strict):
+    cpus: Annotated[float, Field(gt=0.0)] = 1.0
+    gpus: Annotated[float, Field(ge=0.0)] = 0.0
+    """Fractions share a GPU between trials (e.g. 0.25: four trials per GPU)."""
+
+
+class FailureSpec(Strict):
+    max_retries: Annotated[int, Field(ge=-1)] = 1
+    """Retries of a failed trial, from its last checkpoint (-1: forever)."""
+
+
+class SeedsSpec(Strict):
+    """Seeds derived from the MD5 digest of k = 1..count (the reporting protocol of 004)."""
+
+    scheme: Literal["md5"] = "md5"
+    count: Annotated[int, Field(ge=1, le=1000)] = 15
+
+
+class StudySpec(Strict):
+    name: str
+    description: str = ""
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Plugin name -> options; validated against each plugin's typed options."""
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    seeds: list[int] | SeedsSpec = Field(default_factory=lambda: [0])
+    """Training seeds of each configuration in this phase."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    failure: FailureSpec = Field(default_factory=FailureSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not _NAME_RE.match(name):
+            raise ValueError(
+                "name must be lower-case letters, digits, '-' or '_' (it names folders and the "
+                f"MLflow experiment); got {name!r}"
+            )
+        return name
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _plugins(cls, value: Any) -> Any:
+        from normstudy.plugins import validate_plugin_options
+
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("plugins must be a mapping of plugin name -> options")
+        return validate_plugin_options(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int] | SeedsSpec) -> list[int] | SeedsSpec:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("seeds must list at least one seed")
+            if len(set(value)) != len(value):
+                raise ValueError("seeds must not repeat a seed")
+        return value
+
+    def seed_list(self) -> list[int]:
+        from normstudy.seeds import md5_seeds
+
+        return md5_seeds(self.seeds.count) if isinstance(self.seeds, SeedsSpec) else self.seeds
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StudySpec:
+        from normstudy.plugins import check_combination
+        from normstudy.spec._space import check_space
+
+        check_combination(self)
+        check_space(self)
+        if len(self.seed_list()) > 1 and self.search.sampler != "grid":
+            raise ValueError(
+                f"seeds lists {len(self.seed_list())} seeds, but sampler "
+                f"{self.search.sampler!r} evaluates each configuration once; list one seed, or "
+                "use search.sampler 'grid' (the seeds become a grid axis)"
+            )
+        return self
+
+    def trial_base(self) -> dict[str, Any]:
+        """The plain-dict config every trial starts from (before the sampled values)."""
+        return {
+            "study": self.name,
+            "dataset": self.dataset.model_dump(mode="json"),
+            "model": self.model.model_dump(mode="json"),
+            "train": self.train.model_dump(mode="json"),
+            "plugins": self.plugins,
+            "seed": self.seed_list()[0],
+            "resources": self.resources.model_dump(mode="json"),
+        }
+
+
+class TrialConfig(Strict):
+    """One trial's resolved configuration: what the trial function receives (as a dict)."""
+
+    study: str = "adhoc"
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    seed: int = 0
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _plugins(cls, value: Any) -> Any:
+        from normstudy.plugins import validate_plugin_options
+
+        return validate_plugin_options(value or {})

@@ -1,0 +1,156 @@
+"""The study description: every kind of bad input names the field, exits 2, writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from normstudy.spec import SpecError, apply_override, load_spec, validate_data
+
+BASE = {
+    "name": "t",
+    "dataset": {"name": "digits"},
+    "model": {"name": "test_resnet"},
+    "plugins": {"gamma_init": {"value": 0.5}},
+    "search": {"space": {"train.lr": {"type": "loguniform", "low": 0.01, "high": 0.1}}},
+}
+
+
+def _bad(data: dict, *needles: str) -> str:
+    with pytest.raises(SpecError) as info:
+        validate_data(data, "x.yaml")
+    text = str(info.value)
+    for needle in needles:
+        assert needle in text, text
+    return text
+
+
+def _with(key: str, value: object) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    apply_override(data, key, value)
+    return data
+
+
+def test_valid_base_and_defaults() -> None:
+    spec = validate_data(BASE)
+    assert spec.train.epochs == 10
+    assert spec.plugins == {"gamma_init": {"value": 0.5, "keep_zero_init": False}}
+    assert spec.seed_list() == [0]
+
+
+def test_typo_key_names_field_and_allowed_keys() -> None:
+    _bad(_with("train.epochz", 3), "train.epochz", "unknown key", "epochs")
+
+
+def test_wrong_type_names_field() -> None:
+    _bad(_with("train.batch_size", "big"), "train.batch_size", "integer")
+
+
+def test_low_above_high() -> None:
+    _bad(_with("search.space.train.lr.low", 1.0), "search.space['train.lr']", "must not exceed")
+
+
+def test_space_key_without_field() -> None:
+    data = _with("search.space", {"train.lrate": {"type": "uniform", "low": 0, "high": 1}})
+    _bad(data, "search.space['train.lrate']", "no config field")
+
+
+def test_space_key_of_disabled_plugin() -> None:
+    data = _with("search.space", {"plugins.lr_divisor.gamma": {"type": "uniform", "low": 1,
+                                                               "high": 2}})
+    _bad(data, "plugins.lr_divisor.gamma", "not enabled")
+
+
+def test_space_values_checked_against_the_field() -> None:
+    data = _with("search.space", {"plugins.gamma_init.value": {"type": "uniform", "low": 0.1,
+                                                               "high": 2.0}})
+    _bad(data, "plugins.gamma_init.value", "2.0")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needles"),
+    [
+        ("plugins.gamma_inti", {}, ("gamma_inti", "unknown plugin", "gamma_init")),
+        ("model.name", "resnet51", ("model.name", "unknown timm model", "resnet50")),
+        ("dataset.name", "mnist", ("dataset.name", "digits", "cifar10")),
+        ("plugins.gamma_init.valu", 1, ("plugins.gamma_init.valu", "value")),
+        ("dataset", {"name": "cifar10"}, ("dataset.root",)),
+    ],
+)
+def test_unknown_names(key: str, value: object, needles: tuple[str, ...]) -> None:
+    _bad(_with(key, value), *needles)
+
+
+def test_grid_needs_values_and_seeds_need_grid() -> None:
+    _bad(_with("search.sampler", "grid"), "grid", "train.lr")
+    _bad(_with("seeds", [1, 2, 3]), "seeds", "grid")
+
+
+def test_multi_objective_rules() -> None:
+    data = _with("search.metric", ["val/acc", "val/loss"])
+    apply_override(data, "search.mode", ["max"])
+    _bad(data, "search.mode", "2 metrics")
+    apply_override(data, "search.mode", ["max", "min"])
+    apply_override(data, "search.scheduler.name", "asha")
+    _bad(data, "asha")
+
+
+def test_md5_seeds() -> None:
+    import hashlib
+
+    spec = validate_data(_with("seeds", {"count": 3}) | {"search": {"sampler": "grid"}})
+    expected = [int(hashlib.md5(str(k).encode()).hexdigest(), 16) % (2**31 - 1) for k in (1, 2, 3)]
+    assert spec.seed_list() == expected
+
+
+def test_override_keeps_dotted_space_keys(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    spec = load_spec(path, ["search.space.train.lr.high=0.5", "train.epochs=2"])
+    assert spec.search.space["train.lr"].high == 0.5  # type: ignore[union-attr]
+    assert spec.train.epochs == 2
+
+
+@pytest.mark.parametrize("spec_file", sorted(Path(__file__).parents[1].glob("searchspaces/*.yaml")))
+def test_shipped_searchspaces_validate(spec_file: Path) -> None:
+    load_spec(spec_file)
+
+
+def test_cli_validate_bad_input_exit_2_and_writes_nothing(tmp_path: Path, quickstart: Path) -> None:
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-m", "normstudy", "run", str(quickstart), "--home", str(home),
+           "--set", "train.epochz=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "train.epochz" in proc.stderr
+    assert not home.exists()
+
+
+def test_timm_name_snapshot_matches_installed_timm() -> None:
+    import timm
+
+    from normstudy.spec._timm_names import timm_model_names
+
+    assert timm_model_names() == frozenset(timm.list_models())
+
+
+def test_light_commands_do_not_import_torch_or_ray(quickstart: Path) -> None:
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from normstudy.cli import app\n"
+        f"r = CliRunner().invoke(app, ['validate', {str(quickstart)!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0\n"
+        "r = CliRunner().invoke(app, ['plugins'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert 'gamma_init' in r.output\n"
+        "heavy = [m for m in ('torch', 'ray', 'mlflow', 'timm') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,0 +1,165 @@
+"""A small study end to end through a real local Ray, Optuna, and a real `mlflow server` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_TRIALS = 4
+EPOCHS = 3
+FAST = [
+    "--set", f"search.num_samples={N_TRIALS}", "--set", f"train.epochs={EPOCHS}",
+    "--set", "train.max_steps_per_epoch=4", "--set", "dataset.image_size=8",
+    "--set", "search.scheduler.name=fifo", "--set", "search.n_startup_trials=2",
+    "--set", "train.schedule.warmup_epochs=0",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'db.sqlite'}",
+         "--artifacts-destination", (folder / "artifacts").as_uri()],
+        stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"),  # noqa: SIM115
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _normstudy(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "normstudy", *args], capture_output=True,
+                          text=True, timeout=900, **kw)  # type: ignore[call-overload]
+
+
+def _rows(home: Path, study: str) -> list[dict]:
+    from normstudy.results import read_results
+
+    return read_results(home / study / "results").to_pylist()
+
+
+def test_study_end_to_end(tmp_path: Path, quickstart: Path, mlflow_server: str) -> None:
+    from mlflow import MlflowClient
+
+    home = tmp_path / "home"
+    proc = _normstudy("run", str(quickstart), "--home", str(home), "--tracking-uri",
+                      mlflow_server, *FAST)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rows = _rows(home, "quickstart")
+    trials = {r["trial_id"] for r in rows}
+    assert len(trials) == N_TRIALS
+    keys = [(r["trial_id"], r["epoch"]) for r in rows]
+    assert len(keys) == len(set(keys)), "duplicate (trial, epoch) rows"
+    assert len(rows) == N_TRIALS * EPOCHS  # FIFO: every trial runs every epoch
+    assert all(r["status"] == "completed" for r in rows)
+    assert all(isinstance(r["config.train.lr"], float) for r in rows)
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("quickstart")
+    assert exp is not None
+    parents = client.search_runs([exp.experiment_id], "tags.`normstudy.role` = 'study'")
+    assert len(parents) == 1
+    parent = parents[0]
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        order_by=["metrics.`best/val/acc` DESC"],
+    )
+    assert len(children) == N_TRIALS
+    for child in children:
+        assert child.data.params["train.lr"]
+        assert "plugins.gamma_init.value" in child.data.params
+        history = client.get_metric_history(child.info.run_id, "val/acc")
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+        assert child.info.status == "FINISHED"
+    assert parent.data.tags.get("best.trial_id")
+    assert parent.info.status == "FINISHED"
+
+    # `best` reads Parquet; its order equals MLflow's order by the same summary metric.
+    import json
+
+    best = _normstudy("best", "quickstart", "--home", str(home), "--top", str(N_TRIALS),
+                      "--format", "json")
+    assert best.returncode == 0, best.stderr
+    ranked = json.loads(best.stdout)
+    mlflow_scores = [c.data.metrics["best/val/acc"] for c in children]
+    assert [r["score"] for r in ranked] == pytest.approx(mlflow_scores)
+    by_trial = {c.data.tags["normstudy.trial_id"]: c.data.metrics["best/val/acc"]
+                for c in children}
+    assert {r["trial_id"]: r["score"] for r in ranked} == pytest.approx(by_trial)
+    assert parent.data.tags["best.trial_id"] == ranked[0]["trial_id"]
+
+    report = _normstudy("report", "quickstart", "--home", str(home), "--format", "csv",
+                        "--out", str(tmp_path / "rep"))
+    assert report.returncode == 0, report.stderr
+    assert list((tmp_path / "rep").glob("*.csv"))
+
+
+def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart: Path) -> None:
+    home = tmp_path / "home"
+    args = [sys.executable, "-m", "normstudy", "run", str(quickstart), "--home", str(home),
+            *FAST, "--set", "search.max_concurrent=1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results = home / "quickstart" / "results"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(results.glob("*.parquet"))) >= 2:  # one trial done, the next one started
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the study ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=300)
+    partial = {r["trial_id"] for r in _rows(home, "quickstart")}
+    assert 1 <= len(partial) < N_TRIALS + 1
+
+    again = _normstudy("run", str(quickstart), "--home", str(home), "--resume", *FAST,
+                       "--set", "search.max_concurrent=1")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    rows = _rows(home, "quickstart")
+    assert len({r["trial_id"] for r in rows}) == N_TRIALS
+    keys = [(r["trial_id"], r["epoch"]) for r in rows]
+    assert len(keys) == len(set(keys)), "duplicate (trial, epoch) rows after resume"
+    assert sorted(keys) == sorted({(t, e) for t, _ in keys for e in range(1, EPOCHS + 1)})
+
+
+def test_resume_refuses_a_changed_description(tmp_path: Path, quickstart: Path) -> None:
+    home = tmp_path / "home"
+    first = _normstudy("run", str(quickstart), "--home", str(home), *FAST,
+                       "--set", "search.num_samples=1", "--set", "train.epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = _normstudy("run", str(quickstart), "--home", str(home), *FAST)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    changed = _normstudy("run", str(quickstart), "--home", str(home), "--resume", *FAST)
+    assert changed.returncode == 2 and "changed" in changed.stderr
