@@ -278,7 +278,12 @@ def test_fan_in_init_statistics(name: str) -> None:
 
 
 def test_plugins_run_in_documented_order() -> None:
-    plugins = {"gamma_init": {}, "fan_in_init": {}, "lr_divisor": {}, "input_norm": {}}
+    plugins: dict[str, Any] = {
+        "gamma_init": {},
+        "fan_in_init": {},
+        "lr_divisor": {},
+        "input_norm": {},
+    }
     _, _, _, made = setup_trial("test_resnet", plugins)
     assert [p.name for p in made] == ["input_norm", "lr_divisor", "fan_in_init", "gamma_init"]
 

@@ -60,14 +60,16 @@ def test_space_key_without_field() -> None:
 
 
 def test_space_key_of_disabled_plugin() -> None:
-    data = _with("search.space", {"plugins.lr_divisor.gamma": {"type": "uniform", "low": 1,
-                                                               "high": 2}})
+    data = _with(
+        "search.space", {"plugins.lr_divisor.gamma": {"type": "uniform", "low": 1, "high": 2}}
+    )
     _bad(data, "plugins.lr_divisor.gamma", "not enabled")
 
 
 def test_space_values_checked_against_the_field() -> None:
-    data = _with("search.space", {"plugins.gamma_init.value": {"type": "uniform", "low": 0.1,
-                                                               "high": 2.0}})
+    data = _with(
+        "search.space", {"plugins.gamma_init.value": {"type": "uniform", "low": 0.1, "high": 2.0}}
+    )
     _bad(data, "plugins.gamma_init.value", "2.0")
 
 
@@ -122,8 +124,17 @@ def test_shipped_searchspaces_validate(spec_file: Path) -> None:
 
 def test_cli_validate_bad_input_exit_2_and_writes_nothing(tmp_path: Path, quickstart: Path) -> None:
     home = tmp_path / "home"
-    cmd = [sys.executable, "-m", "normstudy", "run", str(quickstart), "--home", str(home),
-           "--set", "train.epochz=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "normstudy",
+        "run",
+        str(quickstart),
+        "--home",
+        str(home),
+        "--set",
+        "train.epochz=1",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "train.epochz" in proc.stderr

@@ -18,10 +18,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 N_TRIALS = 4
 EPOCHS = 3
 FAST = [
-    "--set", f"search.num_samples={N_TRIALS}", "--set", f"train.epochs={EPOCHS}",
-    "--set", "train.max_steps_per_epoch=4", "--set", "dataset.image_size=8",
-    "--set", "search.scheduler.name=fifo", "--set", "search.n_startup_trials=2",
-    "--set", "train.schedule.warmup_epochs=0",
+    "--set",
+    f"search.num_samples={N_TRIALS}",
+    "--set",
+    f"train.epochs={EPOCHS}",
+    "--set",
+    "train.max_steps_per_epoch=4",
+    "--set",
+    "dataset.image_size=8",
+    "--set",
+    "search.scheduler.name=fifo",
+    "--set",
+    "search.n_startup_trials=2",
+    "--set",
+    "train.schedule.warmup_epochs=0",
 ]
 
 
@@ -37,10 +47,22 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
-        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'db.sqlite'}",
-         "--artifacts-destination", (folder / "artifacts").as_uri()],
-        stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"),  # noqa: SIM115
+        [
+            str(mlflow),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'db.sqlite'}",
+            "--artifacts-destination",
+            (folder / "artifacts").as_uri(),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "server.log", "w"),  # noqa: SIM115
         start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
@@ -60,8 +82,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _normstudy(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "normstudy", *args], capture_output=True,
-                          text=True, timeout=900, **kw)  # type: ignore[call-overload]
+    return subprocess.run(
+        [sys.executable, "-m", "normstudy", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        **kw,
+    )  # type: ignore[call-overload]
 
 
 def _rows(home: Path, study: str) -> list[dict]:
@@ -74,8 +101,9 @@ def test_study_end_to_end(tmp_path: Path, quickstart: Path, mlflow_server: str) 
     from mlflow import MlflowClient
 
     home = tmp_path / "home"
-    proc = _normstudy("run", str(quickstart), "--home", str(home), "--tracking-uri",
-                      mlflow_server, *FAST)
+    proc = _normstudy(
+        "run", str(quickstart), "--home", str(home), "--tracking-uri", mlflow_server, *FAST
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     rows = _rows(home, "quickstart")
@@ -94,7 +122,8 @@ def test_study_end_to_end(tmp_path: Path, quickstart: Path, mlflow_server: str) 
     assert len(parents) == 1
     parent = parents[0]
     children = client.search_runs(
-        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        [exp.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
         order_by=["metrics.`best/val/acc` DESC"],
     )
     assert len(children) == N_TRIALS
@@ -110,27 +139,45 @@ def test_study_end_to_end(tmp_path: Path, quickstart: Path, mlflow_server: str) 
     # `best` reads Parquet; its order equals MLflow's order by the same summary metric.
     import json
 
-    best = _normstudy("best", "quickstart", "--home", str(home), "--top", str(N_TRIALS),
-                      "--format", "json")
+    best = _normstudy(
+        "best", "quickstart", "--home", str(home), "--top", str(N_TRIALS), "--format", "json"
+    )
     assert best.returncode == 0, best.stderr
     ranked = json.loads(best.stdout)
     mlflow_scores = [c.data.metrics["best/val/acc"] for c in children]
     assert [r["score"] for r in ranked] == pytest.approx(mlflow_scores)
-    by_trial = {c.data.tags["normstudy.trial_id"]: c.data.metrics["best/val/acc"]
-                for c in children}
+    by_trial = {c.data.tags["normstudy.trial_id"]: c.data.metrics["best/val/acc"] for c in children}
     assert {r["trial_id"]: r["score"] for r in ranked} == pytest.approx(by_trial)
     assert parent.data.tags["best.trial_id"] == ranked[0]["trial_id"]
 
-    report = _normstudy("report", "quickstart", "--home", str(home), "--format", "csv",
-                        "--out", str(tmp_path / "rep"))
+    report = _normstudy(
+        "report",
+        "quickstart",
+        "--home",
+        str(home),
+        "--format",
+        "csv",
+        "--out",
+        str(tmp_path / "rep"),
+    )
     assert report.returncode == 0, report.stderr
     assert list((tmp_path / "rep").glob("*.csv"))
 
 
 def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart: Path) -> None:
     home = tmp_path / "home"
-    args = [sys.executable, "-m", "normstudy", "run", str(quickstart), "--home", str(home),
-            *FAST, "--set", "search.max_concurrent=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "normstudy",
+        "run",
+        str(quickstart),
+        "--home",
+        str(home),
+        *FAST,
+        "--set",
+        "search.max_concurrent=1",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     results = home / "quickstart" / "results"
     deadline = time.monotonic() + 600
@@ -144,8 +191,16 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart
     partial = {r["trial_id"] for r in _rows(home, "quickstart")}
     assert 1 <= len(partial) < N_TRIALS + 1
 
-    again = _normstudy("run", str(quickstart), "--home", str(home), "--resume", *FAST,
-                       "--set", "search.max_concurrent=1")
+    again = _normstudy(
+        "run",
+        str(quickstart),
+        "--home",
+        str(home),
+        "--resume",
+        *FAST,
+        "--set",
+        "search.max_concurrent=1",
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     rows = _rows(home, "quickstart")
     assert len({r["trial_id"] for r in rows}) == N_TRIALS
@@ -156,8 +211,17 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart
 
 def test_resume_refuses_a_changed_description(tmp_path: Path, quickstart: Path) -> None:
     home = tmp_path / "home"
-    first = _normstudy("run", str(quickstart), "--home", str(home), *FAST,
-                       "--set", "search.num_samples=1", "--set", "train.epochs=1")
+    first = _normstudy(
+        "run",
+        str(quickstart),
+        "--home",
+        str(home),
+        *FAST,
+        "--set",
+        "search.num_samples=1",
+        "--set",
+        "train.epochs=1",
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     again = _normstudy("run", str(quickstart), "--home", str(home), *FAST)
     assert again.returncode == 2 and "--resume" in again.stderr

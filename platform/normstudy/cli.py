@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn, cast
 
 import typer
 from rich.console import Console
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Hyperparameter and scaling studies of normalization: Ray Tune + Optuna over timm "
     "models, MLflow runs, Parquet results, paper-style reports.",
 )
@@ -65,9 +67,11 @@ def validate(path: Path, set_: SetOpt = None) -> None:
     from normstudy.search._space import num_trials
 
     spec = _load(path, set_)
-    out.print(f"[green]ok[/green] {spec.name}: {num_trials(spec)} trials of {spec.model.name} on "
-              f"{spec.dataset.name}, {spec.train.epochs} epochs, sampler {spec.search.sampler}, "
-              f"scheduler {spec.search.scheduler.name}")
+    out.print(
+        f"[green]ok[/green] {spec.name}: {num_trials(spec)} trials of {spec.model.name} on "
+        f"{spec.dataset.name}, {spec.train.epochs} epochs, sampler {spec.search.sampler}, "
+        f"scheduler {spec.search.scheduler.name}"
+    )
     for key, dist in spec.search.space.items():
         out.print(f"  {key}: {dist.model_dump(exclude_defaults=False)}", highlight=False)
 
@@ -77,10 +81,13 @@ def run(
     path: Path,
     home: HomeOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted study.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Delete the study's earlier results first.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete the study's earlier results first.")
+    ] = False,
     set_: SetOpt = None,
     tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow server (default: $MLFLOW_TRACKING_URI or HOME's store).")
+        str | None,
+        typer.Option(help="MLflow server (default: $MLFLOW_TRACKING_URI or HOME's store)."),
     ] = None,
     top: Annotated[int, typer.Option(help="Rows of the final table.")] = 10,
 ) -> None:
@@ -94,13 +101,16 @@ def run(
 
     home_dir = resolve_home(home)
     try:
-        outcome = run_study(spec, home_dir, out, resume=resume, overwrite=overwrite,
-                            tracking=tracking_uri)
+        outcome = run_study(
+            spec, home_dir, out, resume=resume, overwrite=overwrite, tracking=tracking_uri
+        )
     except StudyStateError as e:
         _fail(str(e))
     if outcome.tracking_failures:
-        err.print(f"[yellow]MLflow: {len(outcome.tracking_failures)} logging calls failed; the "
-                  "Parquet results are complete. First ones:[/yellow]")
+        err.print(
+            f"[yellow]MLflow: {len(outcome.tracking_failures)} logging calls failed; the "
+            "Parquet results are complete. First ones:[/yellow]"
+        )
         for line in outcome.tracking_failures[:5]:
             err.print(f"  {line}", highlight=False)
     _print_best(spec, outcome.paths, top, "table")
@@ -109,7 +119,7 @@ def run(
         _fail(f"{len(outcome.errored)} trials failed: {', '.join(outcome.errored)}", code=1)
 
 
-def _print_best(spec, paths, top: int, fmt: str) -> None:  # type: ignore[no-untyped-def]
+def _print_best(spec, paths, top: int, fmt: Literal["table", "json"]) -> None:  # type: ignore[no-untyped-def]
     from normstudy.report import best_table
     from normstudy.results import read_results, trial_scores
 
@@ -117,7 +127,8 @@ def _print_best(spec, paths, top: int, fmt: str) -> None:  # type: ignore[no-unt
     scores = trial_scores(read_results(paths.results), metric, mode)
     if fmt == "table":
         out.print(f"best {metric} ({mode}) over epochs, per trial:")
-    out.print(best_table(scores, top, fmt), highlight=False, soft_wrap=True)
+    searched = list(spec.search.space)
+    out.print(best_table(scores, top, fmt, searched=searched), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -131,15 +142,19 @@ def best(
     if format_ not in ("table", "json"):
         _fail(f"--format must be table or json, got {format_!r}")
     paths, spec = _study_spec(study, home)
-    _print_best(spec, paths, top, format_)
+    _print_best(spec, paths, top, cast(Literal["table", "json"], format_))
 
 
 @app.command()
 def report(
     study: str,
     home: HomeOpt = None,
-    format_: Annotated[list[str], typer.Option("--format", help="md, csv, latex or html (repeat)")] = ["md"],  # noqa: B006
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder (default reports/STUDY).")] = None,
+    format_: Annotated[
+        list[str], typer.Option("--format", help="md, csv, latex or html (repeat)")
+    ] = ["md"],  # noqa: B006
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder (default reports/STUDY).")
+    ] = None,
 ) -> None:
     """Export the study's tables (per trial, per configuration over seeds) to files."""
     from normstudy.report import write_report
@@ -152,8 +167,15 @@ def report(
     table = read_results(paths.results)
     if table.num_rows == 0:
         _fail(f"study {study!r} has no results yet in {paths.results}")
-    written = write_report(study, table, spec.search.metrics[0], spec.search.modes[0],
-                           out_dir or Path("reports") / study, format_)
+    formats = cast(list[Literal["md", "csv", "latex", "html"]], format_)
+    written = write_report(
+        study,
+        table,
+        spec.search.metrics[0],
+        spec.search.modes[0],
+        out_dir or Path("reports") / study,
+        formats,
+    )
     for path in written:
         out.print(f"wrote {path}")
 
@@ -171,9 +193,20 @@ def ui(
     if not (home_dir / "mlflow.db").exists():
         _fail(f"no MLflow store in {home_dir} (run a study first, or pass --home)")
     mlflow = Path(sys.executable).with_name("mlflow")
-    args = [str(mlflow), "server", "--backend-store-uri", local_tracking_uri(home_dir),
-            "--artifacts-destination", (home_dir / "mlartifacts").as_uri(),
-            "--host", host, "--port", str(port), "--workers", "1"]
+    args = [
+        str(mlflow),
+        "server",
+        "--backend-store-uri",
+        local_tracking_uri(home_dir),
+        "--artifacts-destination",
+        (home_dir / "mlartifacts").as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
     os.execv(args[0], args)
 
@@ -187,14 +220,19 @@ def plugins() -> None:
 
     table = Table("plugin", "option", "type", "default", "what it does")
     for name, cls in plugin_registry().items():
-        fields = list(cls.Options.model_fields.items()) or [("-", None)]
-        for i, (option, field) in enumerate(fields):
-            kind = "" if field is None else getattr(field.annotation, "__name__", str(field.annotation))
-            default = "" if field is None else repr(field.default)
-            doc = (field.description or "") if field is not None else ""
-            table.add_row(name if i == 0 else "", option, kind, default,
-                          cls.describe() if i == 0 else doc)
+        rows = [
+            (option, _type_name(field.annotation), repr(field.default), field.description or "")
+            for option, field in cls.Options.model_fields.items()
+        ] or [("-", "", "", "")]
+        for i, (option, kind, default, doc) in enumerate(rows):
+            table.add_row(
+                name if i == 0 else "", option, kind, default, cls.describe() if i == 0 else doc
+            )
     out.print(table)
+
+
+def _type_name(annotation: object) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def main() -> None:

@@ -154,7 +154,9 @@ def validate_plugin_options(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if isinstance(options, BaseModel):
             options = options.model_dump()
         if not isinstance(options, dict):
-            raise ValueError(f"plugins.{name}: options must be a mapping (or empty), got {options!r}")
+            raise ValueError(
+                f"plugins.{name}: options must be a mapping (or empty), got {options!r}"
+            )
         try:
             parsed = cls.Options.model_validate(options)
         except ValidationError as err:

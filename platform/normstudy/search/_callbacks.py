@@ -25,8 +25,10 @@ def metrics_of(result: dict[str, Any]) -> dict[str, float]:
     """The trial's own numeric metrics in a Tune result (Tune adds bookkeeping keys)."""
     out = {}
     for key, value in result.items():
-        if ("/" in key or key in _PLAIN_METRICS) and isinstance(value, int | float) and not (
-            isinstance(value, bool)
+        if (
+            ("/" in key or key in _PLAIN_METRICS)
+            and isinstance(value, int | float)
+            and not (isinstance(value, bool))
         ):
             out[key] = float(value)
     return out
@@ -44,8 +46,15 @@ class StudyCallback(_NotPickled, Callback):
     """Writes every result to the Parquet sink and MLflow; tracks progress for the live view."""
 
     def __init__(
-        self, *, study: str, base: dict[str, Any], epochs: int, sink: ResultsSink,
-        tracker: StudyTracker | None, meta: dict[str, str], score_keys: list[str],
+        self,
+        *,
+        study: str,
+        base: dict[str, Any],
+        epochs: int,
+        sink: ResultsSink,
+        tracker: StudyTracker | None,
+        meta: dict[str, str],
+        score_keys: list[str],
     ) -> None:
         self.study, self.base, self.epochs = study, base, epochs
         self.sink, self.tracker, self.meta = sink, tracker, meta
@@ -56,7 +65,9 @@ class StudyCallback(_NotPickled, Callback):
     def _config(self, trial: Trial) -> dict[str, Any]:
         return resolve_config(self.base, dict(trial.config))
 
-    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+    def on_trial_start(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         from normstudy.results import flatten_config
 
         self.status[trial.trial_id] = "running"
@@ -75,8 +86,12 @@ class StudyCallback(_NotPickled, Callback):
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = metrics_of(result)
         row = {
-            "study": self.study, "trial_id": trial.trial_id, "seed": int(config["seed"]),
-            "epoch": epoch, **flatten_config(config), **metrics,
+            "study": self.study,
+            "trial_id": trial.trial_id,
+            "seed": int(config["seed"]),
+            "epoch": epoch,
+            **flatten_config(config),
+            **metrics,
             **{f"meta.{k}": v for k, v in self.meta.items()},
         }
         self.sink.update(trial.trial_id, [row], status="running")
@@ -89,15 +104,22 @@ class StudyCallback(_NotPickled, Callback):
         self.sink.update(trial.trial_id, [], status=status)
         if self.tracker:
             last = trial.last_result or {}
-            summary = {k: float(last[k]) for k in self.score_keys
-                       if isinstance(last.get(k), int | float) and math.isfinite(last[k])}
+            summary = {
+                k: float(last[k])
+                for k in self.score_keys
+                if isinstance(last.get(k), int | float) and math.isfinite(last[k])
+            }
             self.tracker.trial_ended(trial.trial_id, summary, mlflow_status)
 
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         stopped = self.last_epoch.get(trial.trial_id, 0) < self.epochs
         self._end(trial, "stopped" if stopped else "completed", "FINISHED")
 
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         self._end(trial, "error", "FAILED")
 
 
@@ -111,8 +133,11 @@ class LiveView(_NotPickled, Callback):
         self._last = 0.0
 
     def _best(self, trials: list[Trial]) -> tuple[float, Trial] | None:
-        scored = [(float(t.last_result[self.score_key]), t) for t in trials
-                  if t.last_result and isinstance(t.last_result.get(self.score_key), int | float)]
+        scored = [
+            (float(t.last_result[self.score_key]), t)
+            for t in trials
+            if t.last_result and isinstance(t.last_result.get(self.score_key), int | float)
+        ]
         if not scored:
             return None
         pick = max if self.mode == "max" else min
@@ -129,9 +154,12 @@ class LiveView(_NotPickled, Callback):
             table.add_column(col)
         best = self._best(trials)
         table.add_row(
-            str(counts.get("RUNNING", 0)), str(counts.get("TERMINATED", 0)),
-            str(counts.get("ERROR", 0)), str(counts.get("PENDING", 0)),
-            f"{best[0]:.4f}" if best else "-", best[1].trial_id if best else "-",
+            str(counts.get("RUNNING", 0)),
+            str(counts.get("TERMINATED", 0)),
+            str(counts.get("ERROR", 0)),
+            str(counts.get("PENDING", 0)),
+            f"{best[0]:.4f}" if best else "-",
+            best[1].trial_id if best else "-",
         )
         return table
 
@@ -146,16 +174,22 @@ class LiveView(_NotPickled, Callback):
         self._live.update(self._render(trials), refresh=True)
         self._last = time.monotonic()
 
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         if not self.console.is_terminal:
             done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
             score = (trial.last_result or {}).get(self.score_key)
-            self.console.print(f"[{done}/{self.total}] {trial.trial_id} finished: "
-                               f"{self.score_key}={score}")
+            self.console.print(
+                f"[{done}/{self.total}] {trial.trial_id} finished: {self.score_key}={score}"
+            )
 
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.console.print(f"[red]{trial.trial_id} failed[/red] (see its error.txt in the Tune "
-                           "experiment folder)")
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self.console.print(
+            f"[red]{trial.trial_id} failed[/red] (see its error.txt in the Tune experiment folder)"
+        )
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         if self._live is not None:

@@ -59,17 +59,19 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     import optuna
 
     s = spec.search
-    startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(
-            seed=s.seed, multivariate=True, constant_liar=s.max_concurrent > 1, **startup
+            seed=s.seed,
+            multivariate=True,
+            constant_liar=s.max_concurrent > 1,
+            n_startup_trials=10 if s.n_startup_trials is None else s.n_startup_trials,
         )
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.sampler == "grid":
         return optuna.samplers.GridSampler(grid_axes(spec), seed=s.seed)
     if s.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=s.seed, **startup)
+        return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials or 1)
     return optuna.samplers.NSGAIISampler(seed=s.seed)
 
 

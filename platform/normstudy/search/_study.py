@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import shutil
 from typing import TYPE_CHECKING, Any
@@ -77,7 +78,7 @@ def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
     searcher = OptunaSearch(
         space=functools.partial(define_by_run, space=space, seeds=spec.seed_list()),
         metric=metrics[0] if single else metrics,
-        mode=spec.search.modes[0] if single else spec.search.modes,
+        mode=spec.search.modes[0] if single else list[str](spec.search.modes),
         sampler=make_sampler(spec),
         study_name=spec.name,
         storage=optuna.storages.RDBStorage(paths.optuna_url),
@@ -91,8 +92,11 @@ def _scheduler(spec: StudySpec) -> Any:
     s = spec.search.scheduler
     if s.name == "asha":
         return ASHAScheduler(
-            time_attr="training_iteration", metric=f"best/{spec.search.metrics[0]}",
-            mode=spec.search.modes[0], max_t=spec.train.epochs, grace_period=s.grace_period,
+            time_attr="training_iteration",
+            metric=f"best/{spec.search.metrics[0]}",
+            mode=spec.search.modes[0],
+            max_t=spec.train.epochs,
+            grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,
         )
     return FIFOScheduler()
@@ -104,19 +108,30 @@ def _init_ray() -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Tune's own console output would interleave with our live view: keep it quiet.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Reach an existing cluster when RAY_ADDRESS is set (a Ray job); else start a local one.
     ray.init(
-        address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
-        configure_logging=True, logging_level="ERROR",
+        address=os.environ.get("RAY_ADDRESS"),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level=logging.ERROR,
     )
 
 
 def run_study(
-    spec: StudySpec, home: Path, console: Console, *, resume: bool = False,
-    overwrite: bool = False, tracking: str | None = None,
+    spec: StudySpec,
+    home: Path,
+    console: Console,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    tracking: str | None = None,
 ) -> StudyOutcome:
     """Run (or resume) ``spec`` with its folder under ``home``; return what happened."""
     from ray import tune
+    from ray.tune import Callback
 
     from normstudy import __version__
     from normstudy.results import ResultsSink
@@ -129,18 +144,29 @@ def run_study(
     _prepare_folder(spec, paths, resume, overwrite)
     meta = {"version": __version__, "git_rev": git_revision()}
     tracker = StudyTracker(
-        uri=tracking_uri(home, tracking), study=spec.name, artifact_root=paths.artifacts,
+        uri=tracking_uri(home, tracking),
+        study=spec.name,
+        artifact_root=paths.artifacts,
         state_file=paths.tracking_state,
-        tags={"normstudy.study": spec.name, "normstudy.version": meta["version"],
-              "normstudy.git_rev": meta["git_rev"]},
+        tags={
+            "normstudy.study": spec.name,
+            "normstudy.version": meta["version"],
+            "normstudy.git_rev": meta["git_rev"],
+        },
     )
     total = num_trials(spec)
     score_keys = [f"best/{m}" for m in spec.search.metrics]
     base = spec.trial_base()
-    callbacks = [
-        StudyCallback(study=spec.name, base=base, epochs=spec.train.epochs,
-                      sink=ResultsSink(paths.results), tracker=tracker, meta=meta,
-                      score_keys=score_keys),
+    callbacks: list[Callback] = [
+        StudyCallback(
+            study=spec.name,
+            base=base,
+            epochs=spec.train.epochs,
+            sink=ResultsSink(paths.results),
+            tracker=tracker,
+            meta=meta,
+            score_keys=score_keys,
+        ),
         LiveView(console, total, score_keys[0], spec.search.modes[0]),
     ]
     trainable = tune.with_resources(
@@ -150,23 +176,29 @@ def run_study(
     _init_ray()
     if resume and tune.Tuner.can_restore(str(paths.tune)):
         tuner = tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_errored=True)
-        # Callbacks are not restored with the experiment: give them again.
-        tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001
+        # Callbacks hold threads and consoles and are pickled empty: give them anew.
+        assert tuner._local_tuner is not None
+        tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, paths), scheduler=_scheduler(spec), num_samples=total,
+                search_alg=_searcher(spec, paths),
+                scheduler=_scheduler(spec),
+                num_samples=total,
             ),
             run_config=tune.RunConfig(
-                name=paths.tune.name, storage_path=str(paths.root),
+                name=paths.tune.name,
+                storage_path=str(paths.root),
                 failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=callbacks, verbose=0,
+                callbacks=callbacks,
+                verbose=0,
             ),
         )
     grid = tuner.fit()
-    errored = [r.metrics.get("trial_id", "?") for r in grid if r.error is not None]
+    results = [grid[i] for i in range(len(grid))]
+    errored = [(r.metrics or {}).get("trial_id", "?") for r in results if r.error is not None]
     best = _best_summary(spec, paths)
     tracker.study_ended(best, status="FAILED" if errored else "FINISHED")
     failures = tracker.close()
@@ -180,5 +212,10 @@ def _best_summary(spec: StudySpec, paths: StudyPaths) -> dict[str, Any] | None:
     if not scores or scores[0].score is None:
         return None
     top = scores[0]
-    return {"trial_id": top.trial_id, "metric": f"best/{spec.search.metrics[0]}",
-            "score": top.score, "best_epoch": top.best_epoch, "config": top.config}
+    return {
+        "trial_id": top.trial_id,
+        "metric": f"best/{spec.search.metrics[0]}",
+        "score": top.score,
+        "best_epoch": top.best_epoch,
+        "config": top.config,
+    }

@@ -17,9 +17,9 @@ class SpecError(ValueError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
-        super().__init__(f"{source}: invalid study description\n" + "\n".join(
-            f"  - {p}" for p in problems
-        ))
+        super().__init__(
+            f"{source}: invalid study description\n" + "\n".join(f"  - {p}" for p in problems)
+        )
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -49,8 +49,11 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
     rest = key
     while True:
         match = next(
-            (k for k in sorted(node, key=lambda k: -len(str(k)))
-             if rest == str(k) or rest.startswith(f"{k}.")),
+            (
+                k
+                for k in sorted(node, key=lambda k: -len(str(k)))
+                if rest == str(k) or rest.startswith(f"{k}.")
+            ),
             None,
         )
         if match is None and node is _space_of(data):
@@ -75,15 +78,16 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
             child = node[match]
             if not isinstance(child, dict):
                 child = node[match] = {}
-            node, rest = child, rest[len(str(match)) + 1:]
+            node, rest = child, rest[len(str(match)) + 1 :]
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: Any = StudySpec
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type)
-                                 and issubclass(field.annotation, BaseModel)):
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
             return []
         model = field.annotation
     return list(model.model_fields)

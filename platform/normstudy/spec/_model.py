@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from normstudy.spec._distributions import Distribution
 
+Mode = Literal["max", "min"]
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 
@@ -27,7 +28,15 @@ class AugmentSpec(Strict):
     """Random horizontal flip with probability 1/2."""
 
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "svhn", "fashion_mnist", "imagefolder", "synthetic")
+DATASET_NAMES = (
+    "digits",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "fashion_mnist",
+    "imagefolder",
+    "synthetic",
+)
 _NEEDS_ROOT = ("cifar10", "cifar100", "svhn", "fashion_mnist")
 
 
@@ -67,7 +76,9 @@ class DatasetSpec(Strict):
                 "dataset.download: true, will hold) the torchvision files"
             )
         if self.name == "imagefolder" and not self.path:
-            raise ValueError("dataset.path is required for 'imagefolder': a folder of class folders")
+            raise ValueError(
+                "dataset.path is required for 'imagefolder': a folder of class folders"
+            )
         return self
 
 
@@ -149,7 +160,7 @@ class SearchSpec(Strict):
         return [self.metric] if isinstance(self.metric, str) else list(self.metric)
 
     @property
-    def modes(self) -> list[str]:
+    def modes(self) -> list[Mode]:
         if isinstance(self.mode, str):
             return [self.mode] * len(self.metrics)
         return list(self.mode)

@@ -84,8 +84,7 @@ def check_space(spec: StudySpec) -> None:
             except ValidationError as err:
                 first = err.errors()[0]
                 raise ValueError(
-                    f"search.space[{key!r}]: value {value!r} is not valid for {key}: "
-                    f"{first['msg']}"
+                    f"search.space[{key!r}]: value {value!r} is not valid for {key}: {first['msg']}"
                 ) from None
             except ValueError as err:
                 raise ValueError(f"search.space[{key!r}]: value {value!r}: {err}") from None

@@ -8,6 +8,7 @@ reported at the end.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -29,6 +30,8 @@ def _client(uri: str) -> MlflowClient:
         os.environ.setdefault(key, value)
     from mlflow import MlflowClient
 
+    for name in ("mlflow", "alembic"):  # schema-migration chatter on a new local store
+        logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -36,7 +39,12 @@ class StudyTracker:
     """Logs a study to MLflow in the background. Methods never raise and never block long."""
 
     def __init__(
-        self, *, uri: str, study: str, artifact_root: Path, state_file: Path,
+        self,
+        *,
+        uri: str,
+        study: str,
+        artifact_root: Path,
+        state_file: Path,
         tags: dict[str, str],
     ) -> None:
         self.uri, self.study, self.tags = uri, study, tags
@@ -77,8 +85,9 @@ class StudyTracker:
         if self._state.get("parent"):
             c.update_run(self._state["parent"], status="RUNNING")
         else:
-            run = c.create_run(exp_id, run_name=self.study,
-                               tags={**self.tags, "normstudy.role": "study"})
+            run = c.create_run(
+                exp_id, run_name=self.study, tags={**self.tags, "normstudy.role": "study"}
+            )
             self._state["parent"] = run.info.run_id
         self._save_state()
 
@@ -87,23 +96,31 @@ class StudyTracker:
 
     def _start_child(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
         c = self._c()
-        if self._child(trial_id):
-            c.update_run(self._child(trial_id), status="RUNNING")
+        existing = self._child(trial_id)
+        if existing:
+            c.update_run(existing, status="RUNNING")
             return
         run = c.create_run(
-            self._state["experiment_id"], run_name=trial_id,
-            tags={**self.tags, **tags, "mlflow.parentRunId": self._state["parent"],
-                  "normstudy.role": "trial", "normstudy.trial_id": trial_id},
+            self._state["experiment_id"],
+            run_name=trial_id,
+            tags={
+                **self.tags,
+                **tags,
+                "mlflow.parentRunId": self._state["parent"],
+                "normstudy.role": "trial",
+                "normstudy.trial_id": trial_id,
+            },
         )
         self._state["children"][trial_id] = run.info.run_id
         self._save_state()
         from mlflow.entities import Param
 
-        items = [Param(k, json.dumps(v) if not isinstance(v, str) else v)
-                 for k, v in params.items()]
+        items = [
+            Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()
+        ]
         items = [Param(p.key, p.value[:MAX_PARAM_LEN]) for p in items]
         for i in range(0, len(items), 100):
-            c.log_batch(run.info.run_id, params=items[i:i + 100])
+            c.log_batch(run.info.run_id, params=items[i : i + 100])
 
     def _log_metrics(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -138,16 +155,20 @@ class StudyTracker:
 
     # -- public: enqueue and return at once -------------------------------------------------
     def trial_started(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
-        self._calls.submit(f"start run of {trial_id}",
-                           lambda: self._start_child(trial_id, params, tags))
+        self._calls.submit(
+            f"start run of {trial_id}", lambda: self._start_child(trial_id, params, tags)
+        )
 
     def trial_result(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
-        self._calls.submit(f"metrics of {trial_id} epoch {step}",
-                           lambda: self._log_metrics(trial_id, metrics, step))
+        self._calls.submit(
+            f"metrics of {trial_id} epoch {step}",
+            lambda: self._log_metrics(trial_id, metrics, step),
+        )
 
     def trial_ended(self, trial_id: str, summary: dict[str, float], status: str) -> None:
-        self._calls.submit(f"end run of {trial_id}",
-                           lambda: self._end_child(trial_id, summary, status))
+        self._calls.submit(
+            f"end run of {trial_id}", lambda: self._end_child(trial_id, summary, status)
+        )
 
     def study_ended(self, best: dict[str, Any] | None, status: str = "FINISHED") -> None:
         self._calls.submit("end study run", lambda: self._end_parent(best, status))

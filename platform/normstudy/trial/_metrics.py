@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +20,7 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins:
     correct = predicted.eq(targets).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=confidence.dtype)
     ece = torch.zeros((), dtype=torch.float64)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         in_bin = (confidence > lo) & (confidence <= hi)
         if in_bin.any():
             gap = correct[in_bin].mean() - confidence[in_bin].double().mean()
@@ -28,7 +29,9 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, float]:
     """Loss (mean NLL), accuracy and ECE of ``model`` in eval mode over ``batches``."""
     was_training = model.training
     model.eval()

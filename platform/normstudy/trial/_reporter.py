@@ -36,7 +36,7 @@ class LocalReporter:
 
 
 class TuneReporter:
-    """Reports through ``ray.tune.report`` with a checkpoint; resumes from ``tune.get_checkpoint``."""
+    """Reports through ``tune.report`` with a checkpoint; resumes from ``tune.get_checkpoint``."""
 
     def restore(self) -> dict[str, Any] | None:
         from ray import tune

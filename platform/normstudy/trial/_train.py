@@ -35,9 +35,14 @@ def _build_optimizer(cfg: TrialConfig, model: nn.Module, plugins: list[Plugin]) 
     for plugin in plugins:
         groups = plugin.param_groups(groups, model)
     torch_groups = [
-        {"params": g.params, "lr": cfg.train.lr * g.lr_scale, "weight_decay": g.weight_decay,
-         "kind": g.kind}
-        for g in groups if g.params
+        {
+            "params": g.params,
+            "lr": cfg.train.lr * g.lr_scale,
+            "weight_decay": g.weight_decay,
+            "kind": g.kind,
+        }
+        for g in groups
+        if g.params
     ]
     if cfg.train.optimizer == "adamw":
         return torch.optim.AdamW(torch_groups, lr=cfg.train.lr)
@@ -48,8 +53,9 @@ def _build_optimizer(cfg: TrialConfig, model: nn.Module, plugins: list[Plugin]) 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Embedding (timm pre-logits, after timm's head dropout) and logits, in one pass."""
-    embedding = model.forward_head(model.forward_features(x), pre_logits=True)
-    return embedding, model.get_classifier()(embedding)
+    timm_model: Any = model  # timm's forward_features/forward_head/get_classifier
+    embedding = timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
+    return embedding, timm_model.get_classifier()(embedding)
 
 
 class _Trial:
@@ -69,7 +75,8 @@ class _Trial:
         self.plugins = instantiate(cfg.plugins, ctx)
         for plugin in self.plugins:
             plugin.adjust_config(cfg)
-        self.splits = splits = load_splits(cfg.dataset)
+        # airbench-style: the whole dataset sits on the training device once.
+        self.splits = splits = load_splits(cfg.dataset).to(self.device)
         ctx.num_classes, ctx.in_chans = splits.num_classes, splits.in_chans
         ctx.train_size = len(splits.train.y)
         _seed_everything(cfg.seed)
@@ -115,7 +122,10 @@ class _Trial:
         model.train()
         sums: dict[str, float] = {"loss": 0.0, "correct": 0.0, "n": 0.0}
         batches = train_batches(
-            self.splits.train, cfg.train.batch_size, self.generator, cfg.dataset.augment,
+            self.splits.train,
+            cfg.train.batch_size,
+            self.generator,
+            cfg.dataset.augment,
             device=self.device,
         )
         for step, (x, y) in enumerate(batches):
@@ -130,7 +140,9 @@ class _Trial:
                     total = total + term
                     sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + term.item() * len(y)
             if not torch.isfinite(total):
-                raise FloatingPointError(f"training loss is {float(total)} at epoch {self.epoch + 1}")
+                raise FloatingPointError(
+                    f"training loss is {float(total)} at epoch {self.epoch + 1}"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -172,8 +184,7 @@ class _Trial:
             # early by the scheduler still has them.
             self.test = self.evaluate("test")
         metrics.update(self.test)
-        metrics.update({"epoch": self.epoch, "lr": lr,
-                        "epoch_time_s": time.perf_counter() - start})
+        metrics.update({"epoch": self.epoch, "lr": lr, "epoch_time_s": time.perf_counter() - start})
         return metrics
 
     def _update_best(self, metrics: dict[str, Any], objectives: list[tuple[str, str]]) -> bool:
