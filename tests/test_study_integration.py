@@ -115,6 +115,13 @@ def test_study_end_to_end(tmp_path: Path, quickstart: Path, mlflow_server: str) 
     assert all(r["status"] == "completed" for r in rows)
     assert all(isinstance(r["config.train.lr"], float) for r in rows)
 
+    import optuna
+
+    storage = f"sqlite:///{home / 'quickstart' / 'optuna.db'}"
+    study = optuna.load_study(study_name="quickstart", storage=storage)
+    assert len(study.trials) == N_TRIALS
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("quickstart")
     assert exp is not None
@@ -227,3 +234,114 @@ def test_resume_refuses_a_changed_description(tmp_path: Path, quickstart: Path) 
     assert again.returncode == 2 and "--resume" in again.stderr
     changed = _normstudy("run", str(quickstart), "--home", str(home), "--resume", *FAST)
     assert changed.returncode == 2 and "changed" in changed.stderr
+
+
+def _serve_ui(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "normstudy", "ui", "--home", str(home), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def test_ui_serves_the_runs_of_a_local_study(tmp_path: Path, quickstart: Path) -> None:
+    import json
+    import urllib.request
+
+    home = tmp_path / "home"
+    done = _normstudy(
+        "run",
+        str(quickstart),
+        "--home",
+        str(home),
+        *FAST,
+        "--set",
+        "search.num_samples=2",
+        "--set",
+        "train.epochs=1",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    proc, url = _serve_ui(home)
+    try:
+        deadline = time.monotonic() + 120
+        body = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=quickstart",
+                    timeout=5,
+                ) as response:
+                    body = json.load(response)
+                break
+            except OSError:
+                time.sleep(1)
+        assert body is not None, "the MLflow UI did not answer"
+        exp_id = body["experiment"]["experiment_id"]
+        request = urllib.request.Request(
+            f"{url}/api/2.0/mlflow/runs/search",
+            method="POST",
+            data=json.dumps({"experiment_ids": [exp_id]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            runs = json.load(response)["runs"]
+        assert len(runs) == 3  # the study's parent run and one child per trial
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_dead_tracking_server_never_stalls_or_fails_the_study(
+    tmp_path: Path, quickstart: Path
+) -> None:
+    """A server that refuses connections, and one that accepts and never answers."""
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_forever() -> None:
+        silent.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "NORMSTUDY_TRACKING_FLUSH_S": "5"}
+    try:
+        for name, uri in [
+            ("refused", f"http://127.0.0.1:{_free_port()}"),
+            ("silent", f"http://127.0.0.1:{silent.getsockname()[1]}"),
+        ]:
+            home = tmp_path / name
+            proc = _normstudy(
+                "run",
+                str(quickstart),
+                "--home",
+                str(home),
+                "--tracking-uri",
+                uri,
+                *FAST,
+                "--set",
+                "search.num_samples=2",
+                env=env,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert "MLflow" in proc.stderr and "logging calls failed" in proc.stderr
+            rows = _rows(home, "quickstart")
+            assert len({r["trial_id"] for r in rows}) == 2 and len(rows) == 2 * EPOCHS
+    finally:
+        stop.set()
+        silent.close()
+        for conn in held:
+            conn.close()

@@ -218,21 +218,30 @@ def plugins() -> None:
 
     from normstudy.plugins import plugin_registry
 
-    table = Table("plugin", "option", "type", "default", "what it does")
+    table = Table("plugin / option", "type", "default", "description", show_lines=False)
     for name, cls in plugin_registry().items():
-        rows = [
-            (option, _type_name(field.annotation), repr(field.default), field.description or "")
-            for option, field in cls.Options.model_fields.items()
-        ] or [("-", "", "", "")]
-        for i, (option, kind, default, doc) in enumerate(rows):
+        table.add_row(f"[bold]{name}[/bold]", "", "", cls.describe())
+        for option, field in cls.Options.model_fields.items():
             table.add_row(
-                name if i == 0 else "", option, kind, default, cls.describe() if i == 0 else doc
+                f"  {option}", _type_name(field.annotation), repr(field.default),
+                field.description or "",
             )
     out.print(table)
 
 
 def _type_name(annotation: object) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    import types
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _type_name(args[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    name = getattr(annotation, "__name__", None)
+    return "None" if annotation is type(None) else name or str(annotation)
 
 
 def main() -> None:

@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 
 
 class PluginOptions(BaseModel):
-    """Base of every plugin's typed options: unknown keys are errors."""
+    """Base of every plugin's typed options: unknown keys are errors; the docstring under each
+    field is its description (shown by ``normstudy plugins``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 @dataclasses.dataclass

@@ -201,7 +201,7 @@ def run_study(
     errored = [(r.metrics or {}).get("trial_id", "?") for r in results if r.error is not None]
     best = _best_summary(spec, paths)
     tracker.study_ended(best, status="FAILED" if errored else "FINISHED")
-    failures = tracker.close()
+    failures = tracker.close(float(os.environ.get("NORMSTUDY_TRACKING_FLUSH_S", "60")))
     return StudyOutcome(paths, len(grid), errored, failures)
 
 

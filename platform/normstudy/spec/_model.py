@@ -16,7 +16,9 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 class Strict(BaseModel):
     """Base for every spec section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
 
 
 class AugmentSpec(Strict):

@@ -141,7 +141,7 @@ class _Trial:
                     sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + term.item() * len(y)
             if not torch.isfinite(total):
                 raise FloatingPointError(
-                    f"training loss is {float(total)} at epoch {self.epoch + 1}"
+                    f"training loss is {total.item()} at epoch {self.epoch + 1}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
