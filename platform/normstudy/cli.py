@@ -155,6 +155,13 @@ def report(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder (default reports/STUDY).")
     ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The baseline configuration, key=value (repeat), e.g. "
+            "plugins.gamma_init.value=1: adds one-sided paired t-tests over seeds."
+        ),
+    ] = None,
 ) -> None:
     """Export the study's tables (per trial, per configuration over seeds) to files."""
     from normstudy.report import write_report
@@ -168,14 +175,24 @@ def report(
     if table.num_rows == 0:
         _fail(f"study {study!r} has no results yet in {paths.results}")
     formats = cast(list[Literal["md", "csv", "latex", "html"]], format_)
-    written = write_report(
-        study,
-        table,
-        spec.search.metrics[0],
-        spec.search.modes[0],
-        out_dir or Path("reports") / study,
-        formats,
-    )
+    from normstudy.spec import SpecError, parse_override
+
+    try:
+        base = dict(parse_override(item) for item in baseline or [])
+    except SpecError as e:
+        _fail(str(e).replace("--set", "--baseline"))
+    try:
+        written = write_report(
+            study,
+            table,
+            spec.search.metrics[0],
+            spec.search.modes[0],
+            out_dir or Path("reports") / study,
+            formats,
+            baseline=base or None,
+        )
+    except ValueError as e:
+        _fail(str(e))
     for path in written:
         out.print(f"wrote {path}")
 
@@ -223,7 +240,9 @@ def plugins() -> None:
         table.add_row(f"[bold]{name}[/bold]", "", "", cls.describe())
         for option, field in cls.Options.model_fields.items():
             table.add_row(
-                f"  {option}", _type_name(field.annotation), repr(field.default),
+                f"  {option}",
+                _type_name(field.annotation),
+                repr(field.default),
                 field.description or "",
             )
     out.print(table)

@@ -75,4 +75,7 @@ def _finite(value: float | None) -> float | None:
 def _plain(value: Any, verbatim: bool = False) -> str:
     if value is None:
         return ""
-    return f"{value:.4f}" if isinstance(value, float) and not verbatim else str(value)
+    if isinstance(value, float):
+        # Metrics with fixed decimals; config values (often log-scale) with significant digits.
+        return f"{value:.4g}" if verbatim else f"{value:.4f}"
+    return str(value)
