@@ -62,7 +62,13 @@ class StudyPaths:
 
     @property
     def artifacts(self) -> Path:
+        """MLflow's artifact store of the home (all studies)."""
         return self.home / "mlartifacts"
+
+    @property
+    def trial_artifacts(self) -> Path:
+        """Per-trial files (γ² per layer, error-coverage curve), beside the Parquet results."""
+        return self.root / "artifacts"
 
 
 def git_revision() -> str:

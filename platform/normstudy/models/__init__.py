@@ -27,6 +27,13 @@ if TYPE_CHECKING:
         model_activation,
         norm_layers,
     )
+    from normstudy.models._norm import (
+        NormLayer,
+        RemovedNorm,
+        norm_positions,
+        remove_norm_layers,
+        to_norm_layers,
+    )
 
 _EXPORTS = {
     "InputNorm": "_build",
@@ -38,18 +45,28 @@ _EXPORTS = {
     "is_input_norm": "_inspect",
     "model_activation": "_inspect",
     "norm_layers": "_inspect",
+    "NormLayer": "_norm",
+    "RemovedNorm": "_norm",
+    "norm_positions": "_norm",
+    "remove_norm_layers": "_norm",
+    "to_norm_layers": "_norm",
 }
 
 __all__ = [
     "InputNorm",
+    "NormLayer",
+    "RemovedNorm",
     "activation_std",
     "build_model",
     "first_conv",
     "is_input_norm",
     "model_activation",
     "norm_layers",
+    "norm_positions",
     "param_groups",
     "prepend_input_norm",
+    "remove_norm_layers",
+    "to_norm_layers",
 ]
 
 

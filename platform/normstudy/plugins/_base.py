@@ -43,12 +43,20 @@ class ParamGroup:
 
 @dataclasses.dataclass
 class PluginContext:
-    """What a plugin may know about the trial it is part of."""
+    """What a plugin may know about the trial it is part of.
+
+    ``splits`` (the trial's ``normstudy.data.Splits``, on ``device``) and ``generator`` are set
+    once the data are loaded; ``step`` counts optimizer steps (resumes included).
+    """
 
     config: TrialConfig
     num_classes: int
     in_chans: int
     train_size: int
+    splits: Any = None
+    device: Any = None
+    generator: Any = None
+    step: int = 0
 
 
 @dataclasses.dataclass
@@ -67,14 +75,22 @@ class Plugin:
     """A switchable change to training. Override only the hooks you need.
 
     Hooks run in this order in a trial: ``adjust_config`` (before data and model exist),
-    ``patch_model`` (after ``timm.create_model``), ``param_groups`` (before the optimizer is
-    built), then per step ``loss_terms`` and ``after_step``; per epoch ``epoch_metrics``.
+    ``patch_model`` (after ``timm.create_model``), ``data_init`` (fresh starts only, with a
+    training batch), ``param_groups`` (before the optimizer is built); per step
+    ``extra_samples``, ``loss_terms``, ``before_step`` (gradients exist), ``after_step``; per
+    epoch ``epoch_metrics``; with each new best-validation model ``test_metrics``.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[PluginOptions]] = PluginOptions
     order: ClassVar[int] = 100
     """Plugins are applied in ascending order (then by name): replacements before inits."""
+    requires: ClassVar[dict[str, str]] = {}
+    """Plugins that must be enabled with this one -> why (checked at validation)."""
+    conflicts: ClassVar[dict[str, str]] = {}
+    """Plugins that cannot be enabled with this one -> why (checked both ways at validation)."""
+    partners: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Typical companions (plugin -> options) with which the registry tests run this plugin."""
 
     def __init__(self, options: PluginOptions, ctx: PluginContext) -> None:
         self.options = options
@@ -99,15 +115,33 @@ class Plugin:
         """Adjust (or split) optimizer parameter groups: per-group lr scale and weight decay."""
         return groups
 
+    def data_init(self, model: nn.Module, inputs: torch.Tensor) -> None:
+        """Data-dependent initialization on a training batch (not called when resuming)."""
+
+    def extra_samples(self, batch_size: int) -> int:
+        """Extra training samples the step draws for normalization only (not in the loss)."""
+        return 0
+
     def loss_terms(self, out: StepOutputs) -> dict[str, torch.Tensor]:
         """Extra loss terms, added to the task loss; each is also reported as ``loss/<name>``."""
         return {}
+
+    def before_step(self, model: nn.Module) -> None:
+        """Act on gradients before each optimizer step (e.g. adaptive gradient clipping)."""
 
     def after_step(self, model: nn.Module) -> None:
         """Act after each optimizer step (e.g. projections)."""
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        """Diagnostics reported once per epoch."""
+        """Diagnostics reported once per epoch (``self.ctx.splits`` holds the data)."""
+        return {}
+
+    def test_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Evaluations of each new best-validation model (reported as that epoch's test/*)."""
+        return {}
+
+    def artifacts(self, model: nn.Module) -> dict[str, str]:
+        """Text files (name -> content) stored with the trial at its end (MLflow artifacts)."""
         return {}
 
 
@@ -127,7 +161,15 @@ def register_plugin(cls: P) -> P:
 
 
 def _load_builtin() -> None:
-    from normstudy.plugins import _revisiting  # noqa: F401  (registers on import)
+    """Import every plugin module of this package (each registers its plugins on import)."""
+    import importlib
+    import pkgutil
+
+    import normstudy.plugins as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name != "_base":
+            importlib.import_module(f"normstudy.plugins.{info.name}")
 
 
 def plugin_registry() -> dict[str, type[Plugin]]:
@@ -181,7 +223,18 @@ def instantiate(plugins: dict[str, dict[str, Any]], ctx: PluginContext) -> list[
 
 
 def check_combination(spec: StudySpec) -> None:
-    """Run every enabled plugin's validation-time checks."""
+    """Required partners, conflicts (both ways), then every enabled plugin's own checks."""
+    enabled = set(spec.plugins)
+    for name in sorted(enabled):
+        cls = get_plugin(name)
+        for needed, why in cls.requires.items():
+            if needed not in enabled:
+                raise ValueError(f"plugins.{name} needs plugins.{needed}: {why}")
+        for other in sorted(enabled - {name}):
+            reason = cls.conflicts.get(other) or get_plugin(other).conflicts.get(name)
+            if reason:
+                first, second = sorted((name, other))
+                raise ValueError(f"plugins.{first} and plugins.{second} cannot be combined: {why}")
     for name, options in spec.plugins.items():
         cls = get_plugin(name)
         cls.check(cls.Options.model_validate(options), spec)

@@ -11,6 +11,8 @@ from ray.tune import Callback
 from normstudy.search._space import resolve_config
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ray.tune.experiment import Trial
     from rich.console import Console
 
@@ -55,7 +57,9 @@ class StudyCallback(_NotPickled, Callback):
         tracker: StudyTracker | None,
         meta: dict[str, str],
         score_keys: list[str],
+        artifacts_dir: Path,
     ) -> None:
+        self.artifacts_dir = artifacts_dir
         self.study, self.base, self.epochs = study, base, epochs
         self.sink, self.tracker, self.meta = sink, tracker, meta
         self.score_keys = score_keys
@@ -98,6 +102,19 @@ class StudyCallback(_NotPickled, Callback):
         self.last_epoch[trial.trial_id] = epoch
         if self.tracker:
             self.tracker.trial_result(trial.trial_id, metrics, step=epoch)
+        files = result.get("artifacts")
+        if isinstance(files, dict) and files:
+            self._save_artifacts(trial.trial_id, files)
+
+    def _save_artifacts(self, trial_id: str, files: dict[str, str]) -> None:
+        folder = self.artifacts_dir / trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            tmp = folder / f".{name}.tmp"
+            tmp.write_text(str(text))
+            tmp.replace(folder / name)
+        if self.tracker:
+            self.tracker.trial_artifacts(trial_id, {k: str(v) for k, v in files.items()})
 
     def _end(self, trial: Trial, status: str, mlflow_status: str) -> None:
         self.status[trial.trial_id] = status

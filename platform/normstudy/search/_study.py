@@ -166,6 +166,7 @@ def run_study(
             tracker=tracker,
             meta=meta,
             score_keys=score_keys,
+            artifacts_dir=paths.trial_artifacts,
         ),
         LiveView(console, total, score_keys[0], spec.search.modes[0]),
     ]

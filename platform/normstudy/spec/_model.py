@@ -127,10 +127,29 @@ class TrainSpec(Strict):
     epochs: Annotated[int, Field(ge=1)] = 10
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    lr_scaling: Literal["none", "linear"] = "none"
+    """linear: lr = lr · batch_size / lr_reference_batch, so batch-size scaling studies
+    compare like with like (001)."""
+    lr_reference_batch: Annotated[int, Field(ge=1)] = 128
     max_steps_per_epoch: Annotated[int, Field(ge=1)] | None = None
     """Cap the optimizer steps per epoch (smoke tests, benchmarks); None: the whole split."""
     threads: Annotated[int, Field(ge=1)] | None = None
     """torch CPU threads per trial (default: the trial's CPU resources)."""
+
+
+class EvaluationSpec(Strict):
+    """Evaluations beyond loss/accuracy/ECE; test-time ones run on each new best model."""
+
+    evalmode_train_samples: Annotated[int, Field(ge=0)] = 512
+    """train/loss_evalmode on this many fixed training samples (0: off)."""
+    dropout50: bool = True
+    """test/dropout50_drop: accuracy lost with 50% dropout on the embedding at test time."""
+    coverage: bool = True
+    """test/aurc and the error-coverage curve (reject by predictive entropy)."""
+    noise_sigmas: list[Annotated[float, Field(gt=0.0)]] = Field(default_factory=list)
+    """test/acc_noise@σ: accuracy under Gaussian input noise of these σ (input scale)."""
+    fgsm_eps: list[Annotated[float, Field(gt=0.0)]] = Field(default_factory=list)
+    """test/acc_fgsm@ε: accuracy under an FGSM attack of these strengths (input scale)."""
 
 
 class SchedulerSpec(Strict):
@@ -219,6 +238,7 @@ class StudySpec(Strict):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Plugin name -> options; validated against each plugin's typed options."""
     search: SearchSpec = Field(default_factory=SearchSpec)
@@ -285,6 +305,7 @@ class StudySpec(Strict):
             "dataset": self.dataset.model_dump(mode="json"),
             "model": self.model.model_dump(mode="json"),
             "train": self.train.model_dump(mode="json"),
+            "evaluation": self.evaluation.model_dump(mode="json"),
             "plugins": self.plugins,
             "seed": self.seed_list()[0],
             "resources": self.resources.model_dump(mode="json"),
@@ -298,6 +319,7 @@ class TrialConfig(Strict):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = 0
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 if TYPE_CHECKING:
     from normstudy.spec._model import StudySpec
 
-SEARCHABLE_ROOTS = ("dataset", "model", "train", "plugins", "seed")
+SEARCHABLE_ROOTS = ("dataset", "model", "train", "evaluation", "plugins", "seed")
 
 
 def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:

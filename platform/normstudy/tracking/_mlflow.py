@@ -165,6 +165,16 @@ class StudyTracker:
             lambda: self._log_metrics(trial_id, metrics, step),
         )
 
+    def trial_artifacts(self, trial_id: str, files: dict[str, str]) -> None:
+        def log() -> None:
+            run_id = self._child(trial_id)
+            if run_id is None:
+                raise RuntimeError(f"no MLflow run for trial {trial_id}")
+            for name, text in files.items():
+                self._c().log_text(run_id, text, name)
+
+        self._calls.submit(f"artifacts of {trial_id}", log)
+
     def trial_ended(self, trial_id: str, summary: dict[str, float], status: str) -> None:
         self._calls.submit(
             f"end run of {trial_id}", lambda: self._end_child(trial_id, summary, status)

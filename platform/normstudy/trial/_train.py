@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from normstudy.plugins import PluginContext, StepOutputs, instantiate
 from normstudy.spec import TrialConfig
-from normstudy.trial._metrics import evaluate
+from normstudy.trial import _evaluations as ev
 from normstudy.trial._schedule import lr_factor
 
 if TYPE_CHECKING:
@@ -21,11 +21,20 @@ if TYPE_CHECKING:
     from normstudy.plugins import Plugin
     from normstudy.trial._reporter import Reporter
 
+DATA_INIT_SAMPLES = 128
+
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def base_lr(cfg: TrialConfig) -> float:
+    """The study's lr, linearly scaled with the batch size when ``train.lr_scaling`` says so."""
+    if cfg.train.lr_scaling == "linear":
+        return cfg.train.lr * cfg.train.batch_size / cfg.train.lr_reference_batch
+    return cfg.train.lr
 
 
 def _build_optimizer(cfg: TrialConfig, model: nn.Module, plugins: list[Plugin]) -> Any:
@@ -34,64 +43,58 @@ def _build_optimizer(cfg: TrialConfig, model: nn.Module, plugins: list[Plugin]) 
     groups = param_groups(model, cfg.train.weight_decay)
     for plugin in plugins:
         groups = plugin.param_groups(groups, model)
+    lr = base_lr(cfg)
     torch_groups = [
-        {
-            "params": g.params,
-            "lr": cfg.train.lr * g.lr_scale,
-            "weight_decay": g.weight_decay,
-            "kind": g.kind,
-        }
+        {"params": g.params, "lr": lr * g.lr_scale, "weight_decay": g.weight_decay, "kind": g.kind}
         for g in groups
         if g.params
     ]
     if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(torch_groups, lr=cfg.train.lr)
+        return torch.optim.AdamW(torch_groups, lr=lr)
     return torch.optim.SGD(
-        torch_groups, lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=cfg.train.nesterov
+        torch_groups, lr=lr, momentum=cfg.train.momentum, nesterov=cfg.train.nesterov
     )
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embedding (timm pre-logits, after timm's head dropout) and logits, in one pass."""
-    timm_model: Any = model  # timm's forward_features/forward_head/get_classifier
-    embedding = timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
-    return embedding, timm_model.get_classifier()(embedding)
-
-
 class _Trial:
-    """State of one run; ``run`` drives it epoch by epoch."""
+    """State of one run; ``run_epoch`` drives it."""
 
     def __init__(self, config: dict[str, Any], reporter: Reporter) -> None:
-        from normstudy.data import load_splits
+        from normstudy.data import load_splits, sample_batch
         from normstudy.models import build_model
+        from normstudy.spec._model import AugmentSpec
 
         self.cfg = cfg = TrialConfig.model_validate(config)
         self.reporter = reporter
-        threads = cfg.train.threads or max(1, int(cfg.resources.cpus))
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cfg.train.threads or max(1, int(cfg.resources.cpus)))
         use_cuda = cfg.resources.gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
-        ctx = PluginContext(config=cfg, num_classes=0, in_chans=0, train_size=0)
+        self.ctx = ctx = PluginContext(config=cfg, num_classes=0, in_chans=0, train_size=0)
         self.plugins = instantiate(cfg.plugins, ctx)
         for plugin in self.plugins:
             plugin.adjust_config(cfg)
         # airbench-style: the whole dataset sits on the training device once.
         self.splits = splits = load_splits(cfg.dataset).to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         ctx.num_classes, ctx.in_chans = splits.num_classes, splits.in_chans
-        ctx.train_size = len(splits.train.y)
+        ctx.train_size, ctx.splits, ctx.device = len(splits.train.y), splits, self.device
+        ctx.generator = self.generator
         _seed_everything(cfg.seed)
         model = build_model(cfg, splits.num_classes, splits.in_chans)
         for plugin in self.plugins:
             model = plugin.patch_model(model)
         self.model = model.to(self.device)
+        init_x, _ = sample_batch(splits.train, DATA_INIT_SAMPLES, self.generator, AugmentSpec())
+        for plugin in self.plugins:
+            plugin.data_init(self.model, init_x)
         self.optimizer = _build_optimizer(cfg, self.model, self.plugins)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda epoch: lr_factor(cfg.train, epoch)
         )
-        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.epoch = 0
         self.best: dict[str, float] = {}
         self.test: dict[str, float] = {}
+        self.artifacts: dict[str, str] = {}
 
     # -- checkpoint state -------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -102,8 +105,10 @@ class _Trial:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
+            "step": self.ctx.step,
             "best": dict(self.best),
             "test": dict(self.test),
+            "artifacts": dict(self.artifacts),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -113,13 +118,51 @@ class _Trial:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.best, self.test = state["epoch"], state["best"], state["test"]
+        self.ctx.step, self.artifacts = state["step"], state["artifacts"]
 
-    # -- one epoch --------------------------------------------------------------------------
+    # -- training ---------------------------------------------------------------------------
+    def _extra(self, batch_size: int) -> torch.Tensor | None:
+        from normstudy.data import sample_batch
+
+        n = max((p.extra_samples(batch_size) for p in self.plugins), default=0)
+        if n <= 0:
+            return None
+        x, _ = sample_batch(self.splits.train, n, self.generator, self.cfg.dataset.augment)
+        return x
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, sums: dict[str, float]) -> None:
+        cfg, model, b = self.cfg, self.model, len(y)
+        extra = self._extra(b)
+        inputs = x if extra is None else torch.cat([x, extra])
+        embedding, logits = ev.forward_parts(model, inputs)
+        # Extra samples only shape the normalization statistics: loss and accuracy use the B.
+        embedding, logits = embedding[:b], logits[:b]
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
+        out = StepOutputs(inputs=x, targets=y, embedding=embedding, logits=logits, model=model)
+        total = loss
+        for plugin in self.plugins:
+            for name, term in plugin.loss_terms(out).items():
+                total = total + term
+                sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + term.item() * b
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"training loss is {total.item()} at epoch {self.epoch + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        for plugin in self.plugins:
+            plugin.before_step(model)
+        self.optimizer.step()
+        self.ctx.step += 1
+        for plugin in self.plugins:
+            plugin.after_step(model)
+        sums["loss"] += loss.item() * b
+        sums["correct"] += float(logits.argmax(1).eq(y).sum())
+        sums["n"] += b
+
     def train_epoch(self) -> dict[str, float]:
         from normstudy.data import train_batches
 
-        cfg, model = self.cfg, self.model
-        model.train()
+        cfg = self.cfg
+        self.model.train()
         sums: dict[str, float] = {"loss": 0.0, "correct": 0.0, "n": 0.0}
         batches = train_batches(
             self.splits.train,
@@ -131,37 +174,62 @@ class _Trial:
         for step, (x, y) in enumerate(batches):
             if cfg.train.max_steps_per_epoch and step >= cfg.train.max_steps_per_epoch:
                 break
-            embedding, logits = _forward(model, x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
-            out = StepOutputs(inputs=x, targets=y, embedding=embedding, logits=logits, model=model)
-            total = loss
-            for plugin in self.plugins:
-                for name, term in plugin.loss_terms(out).items():
-                    total = total + term
-                    sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + term.item() * len(y)
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"training loss is {total.item()} at epoch {self.epoch + 1}"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
-            for plugin in self.plugins:
-                plugin.after_step(model)
-            sums["loss"] += loss.item() * len(y)
-            sums["correct"] += float(logits.argmax(1).eq(y).sum())
-            sums["n"] += len(y)
+            self._step(x, y, sums)
         n = max(sums.pop("n"), 1.0)
-        out_metrics = {"train/loss": sums.pop("loss") / n, "train/acc": sums.pop("correct") / n}
-        out_metrics.update({k: v / n for k, v in sums.items()})
-        return out_metrics
+        metrics = {"train/loss": sums.pop("loss") / n, "train/acc": sums.pop("correct") / n}
+        metrics.update({k: v / n for k, v in sums.items()})
+        return metrics
 
-    def evaluate(self, which: str) -> dict[str, float]:
-        from normstudy.data import eval_batches
+    # -- evaluation -------------------------------------------------------------------------
+    def _batches(self, which: str, limit: int | None = None) -> Any:
+        from normstudy.data import Split, eval_batches
 
         split = getattr(self.splits, which)
-        batches = eval_batches(split, self.cfg.train.eval_batch_size, device=self.device)
-        return {f"{which}/{k}": v for k, v in evaluate(self.model, batches).items()}
+        if limit is not None:
+            split = Split(split.x[:limit], split.y[:limit])
+        return eval_batches(split, self.cfg.train.eval_batch_size, device=self.device)
+
+    def evaluate(self, which: str) -> dict[str, float]:
+        pred = ev.predict(self.model, self._batches(which))
+        return {f"{which}/{k}": v for k, v in ev.summarize(pred).items()}
+
+    def diagnostics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        gamma_sq, _ = ev.gamma_statistics(self.model)
+        if gamma_sq is not None:
+            out["gamma/sq_mean"] = gamma_sq
+        k = self.cfg.evaluation.evalmode_train_samples
+        if k:
+            pred = ev.predict(self.model, self._batches("train", limit=k))
+            out["train/loss_evalmode"] = ev.summarize(pred)["loss"]
+        for plugin in self.plugins:
+            out.update(plugin.epoch_metrics(self.model))
+        return out
+
+    def test_evaluations(self) -> dict[str, float]:
+        """Everything measured on the test split, for a new best-validation model."""
+        e, model = self.cfg.evaluation, self.model
+        pred = ev.predict(model, self._batches("test"))
+        out = {f"test/{k}": v for k, v in ev.summarize(pred).items()}
+        with torch.random.fork_rng(devices=[]):  # reproducible, training RNG untouched
+            torch.manual_seed(0)
+            if e.dropout50:
+                dropped = ev.predict(model, self._batches("test"), embedding_dropout=0.5)
+                out["test/dropout50_drop"] = out["test/acc"] - ev.summarize(dropped)["acc"]
+        if e.coverage:
+            risk, out["test/aurc"] = ev.error_coverage(pred["probs"], pred["targets"])
+            self.artifacts["error_coverage.csv"] = ev.coverage_curve_csv(risk)
+        for sigma in e.noise_sigmas:
+            out[f"test/acc_noise@{sigma:g}"] = ev.accuracy_under_noise(
+                model, self._batches("test"), sigma
+            )
+        for eps in e.fgsm_eps:
+            out[f"test/acc_fgsm@{eps:g}"] = ev.accuracy_under_fgsm(
+                model, self._batches("test"), eps
+            )
+        for plugin in self.plugins:
+            out.update(plugin.test_metrics(model))
+        return out
 
     def _lr(self) -> float:
         for group in self.optimizer.param_groups:
@@ -175,17 +243,23 @@ class _Trial:
         metrics: dict[str, Any] = self.train_epoch()
         self.scheduler.step()
         metrics.update(self.evaluate("val"))
-        for plugin in self.plugins:
-            metrics.update(plugin.epoch_metrics(self.model))
+        metrics.update(self.diagnostics())
         self.epoch += 1
-        improved = self._update_best(metrics, objectives)
-        if improved or not self.test:
+        if self._update_best(metrics, objectives) or not self.test:
             # Test metrics are those of the best-validation epoch so far, so a trial stopped
             # early by the scheduler still has them.
-            self.test = self.evaluate("test")
+            self.test = self.test_evaluations()
         metrics.update(self.test)
         metrics.update({"epoch": self.epoch, "lr": lr, "epoch_time_s": time.perf_counter() - start})
+        if self.epoch == self.cfg.train.epochs:
+            metrics["artifacts"] = self.final_artifacts()
         return metrics
+
+    def final_artifacts(self) -> dict[str, str]:
+        files = {**self.artifacts, "gamma_sq_per_layer.json": ev.gamma_artifact(self.model)}
+        for plugin in self.plugins:
+            files.update(plugin.artifacts(self.model))
+        return files
 
     def _update_best(self, metrics: dict[str, Any], objectives: list[tuple[str, str]]) -> bool:
         improved_first = False
@@ -194,8 +268,7 @@ class _Trial:
             if value is None or not np.isfinite(value):
                 continue
             old = self.best.get(metric)
-            better = old is None or (value > old if mode == "max" else value < old)
-            if better:
+            if old is None or (value > old if mode == "max" else value < old):
                 self.best[metric] = float(value)
                 improved_first = improved_first or i == 0
         metrics.update({f"best/{m}": v for m, v in self.best.items()})
@@ -216,7 +289,7 @@ def run_trial(
             epoch whose test metrics are reported (default: best ``val/acc``).
 
     Returns:
-        The last epoch's metrics.
+        The last epoch's metrics (with ``artifacts``: file name -> text, on the last epoch).
     """
     objectives = objectives or [("val/acc", "max")]
     trial = _Trial(config, reporter)

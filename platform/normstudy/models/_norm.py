@@ -1,0 +1,212 @@
+"""``NormLayer``: a BatchNorm with pluggable stages, so normalization plugins compose.
+
+A plugin that changes *how* a layer normalizes (population or ghost statistics, mean-only,
+noise after x̂, a stochastic scale, a statistics penalty) configures a stage of the
+``NormLayer`` that replaced the BN, rather than replacing the module again; two plugins that
+want the same stage conflict, which the spec rejects at validation time.
+
+    forward(x) = act(drop(affine(perturb(normalize(x, statistics(x))))))
+
+With default stages the output, the gradients and the running statistics equal those of the
+``nn.BatchNorm2d`` / timm ``BatchNormAct2d`` it replaced (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+Statistics = Callable[["NormLayer", torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Stage = Callable[["NormLayer", torch.Tensor], torch.Tensor]
+Observer = Callable[[nn.Module, torch.Tensor], None]
+
+
+def reduce_dims(x: torch.Tensor) -> list[int]:
+    """Every dimension but the channel (dim 1)."""
+    return [d for d in range(x.dim()) if d != 1]
+
+
+def channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast against ``x`` (N, C, ...)."""
+    return t.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def batch_statistics(layer: NormLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN's statistics: batch mean/biased variance in training (running averages updated with
+    the unbiased variance), the running averages in eval mode."""
+    if layer.training or not layer.track_running_stats:
+        dims = reduce_dims(x)
+        mean = x.mean(dim=dims)
+        var = x.var(dim=dims, unbiased=False)
+        if layer.training and layer.track_running_stats:
+            layer.update_running(mean, var, x.numel() // x.shape[1])
+        return channel_view(mean, x), channel_view(var, x)
+    assert layer.running_mean is not None and layer.running_var is not None
+    return channel_view(layer.running_mean, x), channel_view(layer.running_var, x)
+
+
+def standard_affine(layer: NormLayer, xhat: torch.Tensor) -> torch.Tensor:
+    """y = γ·x̂ + β."""
+    if layer.weight is None or layer.bias is None:
+        return xhat
+    return xhat * channel_view(layer.weight, xhat) + channel_view(layer.bias, xhat)
+
+
+class NormLayer(_BatchNorm):
+    """Replaces one ``_BatchNorm`` (keeping timm ``BatchNormAct2d``'s ``drop`` and ``act``).
+
+    It is itself a ``_BatchNorm`` (same parameters, buffers and names), so code that finds BN
+    layers (γ init, γ decay, parameter groups) keeps working on a patched model.
+
+    Attributes a plugin may set:
+        statistics: ``(layer, x) -> (mean, var)`` broadcastable to x.
+        center / scale: subtract the mean / divide by the standard deviation.
+        perturb: stages applied to x̂ before the affine (noise), in order.
+        affine_stage: ``(layer, x̂) -> y`` (``affine`` is BN's flag: has γ/β).
+        observers: called with the layer's raw input (statistics penalties).
+        owners: stage name -> plugin name, so two plugins never silently share a stage.
+    """
+
+    def __init__(self, bn: _BatchNorm) -> None:
+        weight = bn.weight if bn.weight is not None else bn.running_mean
+        super().__init__(
+            bn.num_features,
+            bn.eps,
+            bn.momentum,
+            bn.affine,
+            bn.track_running_stats,
+            device=weight.device if weight is not None else None,
+        )
+        # The BN's own tensors: optimizers and state dicts keep seeing the same objects.
+        self.weight, self.bias = bn.weight, bn.bias
+        self.running_mean, self.running_var = bn.running_mean, bn.running_var
+        self.num_batches_tracked = bn.num_batches_tracked
+        self.drop: nn.Module = getattr(bn, "drop", None) or nn.Identity()
+        self.act: nn.Module = getattr(bn, "act", None) or nn.Identity()
+        self.statistics: Statistics = batch_statistics
+        self.center = True
+        self.scale = True
+        self.perturb: list[Stage] = []
+        self.affine_stage: Stage = standard_affine
+        self.observers: list[Observer] = []
+        self.owners: dict[str, str] = {}
+        self.source_type = type(bn).__name__
+        self.train(bn.training)
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (N, C, ...), got {input.dim()}-D")
+
+    def claim(self, stage: str, plugin: str) -> None:
+        """Record that ``plugin`` owns ``stage``; a second owner is a configuration error."""
+        owner = self.owners.get(stage)
+        if owner is not None and owner != plugin:
+            raise ValueError(
+                f"plugins {owner!r} and {plugin!r} both change the {stage} of normalization "
+                "layers; enable only one of them"
+            )
+        self.owners[stage] = plugin
+
+    def update_running(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        """BN's running-average update (unbiased variance), outside autograd."""
+        assert self.running_mean is not None and self.running_var is not None
+        with torch.no_grad():
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+            momentum = (
+                1.0 / float(self.num_batches_tracked or 1)
+                if self.momentum is None
+                else self.momentum
+            )
+            unbiased = var * n / max(n - 1, 1)
+            self.running_mean.lerp_(mean.detach(), momentum)
+            self.running_var.lerp_(unbiased.detach(), momentum)
+
+    def normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        if self.center:
+            x = x - mean
+        if self.scale:
+            x = x * torch.rsqrt(var + self.eps)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for observe in self.observers:
+            observe(self, x)
+        mean, var = self.statistics(self, x)
+        xhat = self.normalize(x, mean, var)
+        for stage in self.perturb:
+            xhat = stage(self, xhat)
+        return self.act(self.drop(self.affine_stage(self, xhat)))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, from={self.source_type}, owners={self.owners}"
+
+
+class RemovedNorm(nn.Module):
+    """Where a BN was removed: identity (keeping ``drop`` and ``act``), but still a position
+    that observers (statistics penalties) can watch."""
+
+    def __init__(self, bn: _BatchNorm) -> None:
+        super().__init__()
+        self.num_features = bn.num_features
+        self.drop: nn.Module = getattr(bn, "drop", None) or nn.Identity()
+        self.act: nn.Module = getattr(bn, "act", None) or nn.Identity()
+        self.observers: list[Observer] = []
+        self.source_type = type(bn).__name__
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for observe in self.observers:
+            observe(self, x)
+        return self.act(self.drop(x))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, removed={self.source_type}"
+
+
+def _is_input_norm(module: nn.Module) -> bool:
+    return bool(getattr(module, "normstudy_input_norm", False))
+
+
+def to_norm_layers(model: nn.Module) -> list[tuple[str, NormLayer]]:
+    """Replace every BN of ``model`` (not the input-norm BN) by a ``NormLayer``, once.
+
+    Idempotent: layers already converted are returned as they are. Parameters and buffers are
+    the BN's own objects, so optimizers and state dicts see the same tensors under the same names.
+    """
+    found: list[tuple[str, NormLayer]] = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, NormLayer):
+            found.append((name, module))
+        elif isinstance(module, _BatchNorm) and not _is_input_norm(module):
+            layer = NormLayer(module)
+            _set_submodule(model, name, layer)
+            found.append((name, layer))
+    return found
+
+
+def remove_norm_layers(model: nn.Module) -> list[tuple[str, RemovedNorm]]:
+    """Replace every BN (not the input-norm BN) by a ``RemovedNorm``; return them all."""
+    found: list[tuple[str, RemovedNorm]] = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, RemovedNorm):
+            found.append((name, module))
+        elif isinstance(module, _BatchNorm) and not _is_input_norm(module):
+            removed = RemovedNorm(module)
+            _set_submodule(model, name, removed)
+            found.append((name, removed))
+    return found
+
+
+def norm_positions(model: nn.Module) -> list[tuple[str, NormLayer | RemovedNorm]]:
+    """Every normalized position: ``NormLayer`` and ``RemovedNorm`` modules, in order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, NormLayer | RemovedNorm)]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent: Any = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
