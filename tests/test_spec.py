@@ -165,3 +165,53 @@ def test_light_commands_do_not_import_torch_or_ray(quickstart: Path) -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+VARIANTS = {
+    **BASE,
+    "plugins": {"input_norm": {}},
+    "variants": {"plain": {}, "scaled": {"gamma_init": {"value": 0.5}, "lr_divisor": {}}},
+    "search": {
+        "sampler": "grid",
+        "space": {
+            "variant": {"type": "grid", "values": ["plain", "scaled"]},
+            "plugins.gamma_init.value": {"type": "grid", "values": [0.1, 1.0]},
+        },
+    },
+}
+
+
+def test_variants_resolve_to_plugin_sets() -> None:
+    from normstudy.spec import resolve_config
+
+    spec = validate_data(VARIANTS)
+    base = spec.trial_base()
+    plain = resolve_config(
+        base, {"variant": "plain", "plugins.gamma_init.value": 0.1}, spec.variants
+    )
+    assert plain["variant"] == "plain" and set(plain["plugins"]) == {"input_norm"}
+    scaled = resolve_config(
+        base, {"variant": "scaled", "plugins.gamma_init.value": 0.1}, spec.variants
+    )
+    assert set(scaled["plugins"]) == {"input_norm", "gamma_init", "lr_divisor"}
+    assert scaled["plugins"]["gamma_init"]["value"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needles"),
+    [
+        ("search.space.variant.values", ["plain", "other"], ("unknown variant", "other")),
+        ("variants.scaled.gamma_inti", {}, ("variants.scaled", "gamma_inti")),
+        ("variants.plain.gamma_init.value", 3, ("variants.plain", "gamma_init.value")),
+    ],
+)
+def test_bad_variants(key: str, value: object, needles: tuple[str, ...]) -> None:
+    data = yaml.safe_load(yaml.safe_dump(VARIANTS))
+    apply_override(data, key, value)
+    _bad(data, *needles)
+
+
+def test_variants_must_be_searched() -> None:
+    data = yaml.safe_load(yaml.safe_dump(VARIANTS))
+    del data["search"]["space"]["variant"]
+    _bad(data, "search.space.variant")

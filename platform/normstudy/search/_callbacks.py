@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from normstudy.search._space import resolve_config
+from normstudy.spec import resolve_config
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,8 +58,9 @@ class StudyCallback(_NotPickled, Callback):
         meta: dict[str, str],
         score_keys: list[str],
         artifacts_dir: Path,
+        variants: dict[str, dict[str, dict[str, Any]]],
     ) -> None:
-        self.artifacts_dir = artifacts_dir
+        self.artifacts_dir, self.variants = artifacts_dir, variants
         self.study, self.base, self.epochs = study, base, epochs
         self.sink, self.tracker, self.meta = sink, tracker, meta
         self.score_keys = score_keys
@@ -67,7 +68,7 @@ class StudyCallback(_NotPickled, Callback):
         self.status: dict[str, str] = {}
 
     def _config(self, trial: Trial) -> dict[str, Any]:
-        return resolve_config(self.base, dict(trial.config))
+        return resolve_config(self.base, dict(trial.config), self.variants)
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any

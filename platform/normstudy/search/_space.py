@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import TYPE_CHECKING, Any
-
-from normstudy.spec import set_dotted
 
 if TYPE_CHECKING:
     import optuna
@@ -73,11 +70,3 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     if s.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials or 1)
     return optuna.samplers.NSGAIISampler(seed=s.seed)
-
-
-def resolve_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A trial's config: the study's base config with the sampled values set at their keys."""
-    config = copy.deepcopy(base)
-    for key, value in params.items():
-        set_dotted(config, key, value)
-    return config

@@ -167,11 +167,14 @@ def run_study(
             meta=meta,
             score_keys=score_keys,
             artifacts_dir=paths.trial_artifacts,
+            variants=spec.variants,
         ),
         LiveView(console, total, score_keys[0], spec.search.modes[0]),
     ]
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, base=base, objectives=_objectives(spec)),
+        tune.with_parameters(
+            tune_trainable, base=base, variants=spec.variants, objectives=_objectives(spec)
+        ),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
     _init_ray()

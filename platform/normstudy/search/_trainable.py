@@ -6,9 +6,12 @@ from typing import Any
 
 
 def tune_trainable(
-    params: dict[str, Any], base: dict[str, Any], objectives: list[tuple[str, str]]
+    params: dict[str, Any],
+    base: dict[str, Any],
+    variants: dict[str, dict[str, dict[str, Any]]],
+    objectives: list[tuple[str, str]],
 ) -> None:
-    from normstudy.search._space import resolve_config
+    from normstudy.spec import resolve_config
     from normstudy.trial import TuneReporter, run_trial
 
-    run_trial(resolve_config(base, params), TuneReporter(), objectives)
+    run_trial(resolve_config(base, params, variants), TuneReporter(), objectives)

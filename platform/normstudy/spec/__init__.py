@@ -10,7 +10,7 @@ from normstudy.spec._model import (
     TrainSpec,
     TrialConfig,
 )
-from normstudy.spec._space import set_dotted
+from normstudy.spec._space import resolve_config, set_dotted
 
 __all__ = [
     "DatasetSpec",
@@ -24,6 +24,7 @@ __all__ = [
     "apply_override",
     "load_spec",
     "parse_override",
+    "resolve_config",
     "set_dotted",
     "validate_data",
 ]

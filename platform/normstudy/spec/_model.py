@@ -241,6 +241,9 @@ class StudySpec(Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Plugin name -> options; validated against each plugin's typed options."""
+    variants: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    """Named plugin sets added on top of ``plugins`` (a variant's options win), compared by
+    searching ``search.space.variant`` (e.g. BN vs. PN + γ decay vs. BN + dropout)."""
     search: SearchSpec = Field(default_factory=SearchSpec)
     seeds: list[int] | SeedsSpec = Field(default_factory=lambda: [0])
     """Training seeds of each configuration in this phase."""
@@ -268,6 +271,29 @@ class StudySpec(Strict):
             raise ValueError("plugins must be a mapping of plugin name -> options")
         return validate_plugin_options(value)
 
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variants(cls, value: Any) -> Any:
+        from normstudy.plugins import validate_plugin_options
+
+        if not value:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("variants must map a variant name to a set of plugins")
+        out = {}
+        for name, plugins in value.items():
+            if not _NAME_RE.match(str(name)):
+                raise ValueError(f"variants.{name}: use lower-case letters, digits, '-' or '_'")
+            try:
+                out[str(name)] = validate_plugin_options(plugins or {})
+            except ValueError as err:
+                raise ValueError(f"variants.{name}: {err}") from None
+        return out
+
+    def variant_plugins(self, variant: str | None) -> dict[str, dict[str, Any]]:
+        """The plugins a trial of ``variant`` runs with (``plugins`` + the variant's)."""
+        return merge_plugins(self.plugins, self.variants.get(variant or "", {}))
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: list[int] | SeedsSpec) -> list[int] | SeedsSpec:
@@ -288,7 +314,13 @@ class StudySpec(Strict):
         from normstudy.plugins import check_combination
         from normstudy.spec._space import check_space
 
-        check_combination(self)
+        for variant in self.variants or {"": {}}:
+            try:
+                check_combination(
+                    self.model_copy(update={"plugins": self.variant_plugins(variant)})
+                )
+            except ValueError as err:
+                raise ValueError(f"variants.{variant}: {err}" if variant else str(err)) from None
         check_space(self)
         if len(self.seed_list()) > 1 and self.search.sampler != "grid":
             raise ValueError(
@@ -307,9 +339,20 @@ class StudySpec(Strict):
             "train": self.train.model_dump(mode="json"),
             "evaluation": self.evaluation.model_dump(mode="json"),
             "plugins": self.plugins,
+            "variant": None,
             "seed": self.seed_list()[0],
             "resources": self.resources.model_dump(mode="json"),
         }
+
+
+def merge_plugins(
+    base: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """``base`` plugins plus ``extra`` ones; options of a plugin in both are merged (extra wins)."""
+    merged = {name: dict(options) for name, options in base.items()}
+    for name, options in extra.items():
+        merged[name] = {**merged.get(name, {}), **options}
+    return merged
 
 
 class TrialConfig(Strict):
@@ -321,6 +364,8 @@ class TrialConfig(Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    variant: str | None = None
+    """The study variant (named plugin set) this trial runs, if the study has variants."""
     seed: int = 0
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 

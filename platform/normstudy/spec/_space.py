@@ -34,51 +34,111 @@ def _field_exists(model: type[BaseModel], parts: list[str]) -> bool:
     return isinstance(sub, type) and issubclass(sub, BaseModel) and _field_exists(sub, parts[1:])
 
 
-def _check_key(spec: StudySpec, key: str) -> None:
+def resolve_config(
+    base: dict[str, Any],
+    params: dict[str, Any],
+    variants: dict[str, dict[str, dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """A trial's config: the study's base config with the sampled values set at their keys.
+
+    A sampled ``variant`` adds its plugins first; sampled options of plugins that the chosen
+    variant does not enable are left out (they must not switch a plugin on).
+    """
+    from normstudy.spec._model import merge_plugins
+
+    config = copy.deepcopy(base)
+    variant = params.get("variant")
+    if variant is not None:
+        config["variant"] = variant
+        config["plugins"] = merge_plugins(config["plugins"], (variants or {})[variant])
+    for key, value in params.items():
+        if key == "variant":
+            continue
+        if key.startswith("plugins.") and key.split(".")[1] not in config["plugins"]:
+            continue
+        set_dotted(config, key, value)
+    return config
+
+
+def _check_variant_key(spec: StudySpec, where: str) -> None:
+    if not spec.variants:
+        raise ValueError(f"{where}: the study defines no variants (add a top-level 'variants:')")
+    values = spec.search.space["variant"].grid_values()
+    if values is None:
+        raise ValueError(f"{where}: give the variants as type 'categorical' or 'grid'")
+    unknown = [v for v in values if v not in spec.variants]
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown variant {unknown[0]!r}; variants: {', '.join(spec.variants)}"
+        )
+
+
+def _check_plugin_key(spec: StudySpec, parts: list[str], where: str) -> None:
     from normstudy.plugins import get_plugin
+
+    if len(parts) != 3:
+        raise ValueError(f"{where}: plugin keys read 'plugins.<plugin>.<option>'")
+    name, option = parts[1], parts[2]
+    enabled = set(spec.plugins).union(*spec.variants.values())
+    if name not in enabled:
+        raise ValueError(
+            f"{where}: plugin {name!r} is not enabled; add it under 'plugins:' (or a variant) "
+            "to search its options"
+        )
+    options = get_plugin(name).Options.model_fields
+    if option not in options:
+        raise ValueError(
+            f"{where}: plugin {name!r} has no option {option!r}; options: "
+            f"{', '.join(options) or 'none'}"
+        )
+
+
+def _check_key(spec: StudySpec, key: str) -> None:
     from normstudy.spec._model import TrialConfig
 
     parts = key.split(".")
     where = f"search.space[{key!r}]"
-    if parts[0] not in SEARCHABLE_ROOTS:
+    if parts[0] == "variant" and len(parts) == 1:
+        _check_variant_key(spec, where)
+    elif parts[0] not in SEARCHABLE_ROOTS:
         raise ValueError(
             f"{where}: a space key starts with one of {', '.join(SEARCHABLE_ROOTS)} "
-            "(e.g. 'train.lr', 'plugins.gamma_init.value')"
+            "(e.g. 'train.lr', 'plugins.gamma_init.value'), or is 'variant'"
         )
-    if parts[0] == "seed":
+    elif parts[0] == "seed":
         if len(parts) != 1:
             raise ValueError(f"{where}: 'seed' has no sub-fields")
-        return
-    if parts[0] == "plugins":
-        if len(parts) != 3:
-            raise ValueError(f"{where}: plugin keys read 'plugins.<plugin>.<option>'")
-        name, option = parts[1], parts[2]
-        if name not in spec.plugins:
-            raise ValueError(
-                f"{where}: plugin {name!r} is not enabled; add it under 'plugins:' to search "
-                "its options"
-            )
-        options = get_plugin(name).Options.model_fields
-        if option not in options:
-            raise ValueError(
-                f"{where}: plugin {name!r} has no option {option!r}; options: "
-                f"{', '.join(options) or 'none'}"
-            )
-        return
-    if not _field_exists(TrialConfig, parts):
+    elif parts[0] == "plugins":
+        _check_plugin_key(spec, parts, where)
+    elif not _field_exists(TrialConfig, parts):
         raise ValueError(f"{where}: no config field {key!r}")
+
+
+def _variant_for(spec: StudySpec, key: str) -> str | None:
+    """A variant under which ``key`` takes effect (None: the plain ``plugins``)."""
+    if not key.startswith("plugins.") or key.split(".")[1] in spec.plugins:
+        return next(iter(spec.variants), None)
+    return next(v for v, plugins in spec.variants.items() if key.split(".")[1] in plugins)
 
 
 def check_space(spec: StudySpec) -> None:
     """Every space key names a field, and every range end / choice is a valid value for it."""
     from normstudy.spec._model import TrialConfig
 
+    if spec.variants and "variant" not in spec.search.space:
+        raise ValueError(
+            "variants are defined but not searched: add search.space.variant "
+            f"(type grid or categorical over {', '.join(spec.variants)})"
+        )
     base = spec.trial_base()
     for key, dist in spec.search.space.items():
         _check_key(spec, key)
+        if key == "variant":
+            continue
+        variant = _variant_for(spec, key)
         for value in dist.candidates():
-            trial = copy.deepcopy(base)
-            set_dotted(trial, key, value)
+            params = {key: value} if variant is None else {"variant": variant, key: value}
+            trial = resolve_config(base, params, spec.variants)
             try:
                 TrialConfig.model_validate(trial)
             except ValidationError as err:
