@@ -140,6 +140,10 @@ def test_study_end_to_end(tmp_path: Path, quickstart: Path, mlflow_server: str) 
         history = client.get_metric_history(child.info.run_id, "val/acc")
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
         assert child.info.status == "FINISHED"
+        files = {f.path for f in client.list_artifacts(child.info.run_id)}
+        assert {"gamma_sq_per_layer.json", "error_coverage.csv"} <= files
+        trial_id = child.data.tags["normstudy.trial_id"]
+        assert (home / "quickstart" / "artifacts" / trial_id / "gamma_sq_per_layer.json").exists()
     assert parent.data.tags.get("best.trial_id")
     assert parent.info.status == "FINISHED"
 

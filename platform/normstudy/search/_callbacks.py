@@ -197,9 +197,13 @@ class LiveView(_NotPickled, Callback):
     ) -> None:
         if not self.console.is_terminal:
             done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
-            score = (trial.last_result or {}).get(self.score_key)
+            last = trial.last_result or {}
+            score = last.get(self.score_key)
+            shown = f"{score:.4f}" if isinstance(score, int | float) else "-"
             self.console.print(
-                f"[{done}/{self.total}] {trial.trial_id} finished: {self.score_key}={score}"
+                f"[{done}/{self.total}] {trial.trial_id} done after {last.get('epoch', '?')} "
+                f"epochs: {self.score_key} {shown}",
+                highlight=False,
             )
 
     def on_trial_error(

@@ -177,6 +177,11 @@ def run_study(
         ),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
+    console.print(
+        f"study {spec.name}: {total} trials of {spec.model.name} on {spec.dataset.name} "
+        f"({spec.search.sampler}, {spec.search.scheduler.name}); home {home}",
+        highlight=False,
+    )
     _init_ray()
     if resume and tune.Tuner.can_restore(str(paths.tune)):
         tuner = tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_errored=True)
