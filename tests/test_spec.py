@@ -215,3 +215,9 @@ def test_variants_must_be_searched() -> None:
     data = yaml.safe_load(yaml.safe_dump(VARIANTS))
     del data["search"]["space"]["variant"]
     _bad(data, "search.space.variant")
+
+
+def test_asha_grace_period_within_epochs() -> None:
+    data = _with("search.scheduler", {"name": "asha", "grace_period": 5})
+    apply_override(data, "train.epochs", 2)
+    _bad(data, "grace_period", "train.epochs")

@@ -12,6 +12,9 @@ from normstudy.report._stats import varying_keys
 from normstudy.results import TrialScore
 
 
+TABLE_TESTS = ("test/acc", "test/loss")
+
+
 def best_table(
     scores: Sequence[TrialScore],
     top: int,
@@ -35,6 +38,8 @@ def best_table(
         return json.dumps(records, indent=2)
     if format != "table":
         raise ValueError(f"format must be 'table' or 'json', got {format!r}")
+    # The terminal table keeps to the headline test metrics; JSON has them all.
+    tests = [k for k in tests if k in TABLE_TESTS]
     from rich import box
     from rich.console import Console
     from rich.table import Table

@@ -168,7 +168,8 @@ class LiveView(_NotPickled, Callback):
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
         table = Table(title=f"trials: {len(trials)}/{self.total} started", expand=False)
-        for col in ("running", "finished", "errored", "pending", f"best {self.score_key}", "by"):
+        best_of = self.score_key.removeprefix("best/")
+        for col in ("running", "finished", "errored", "pending", f"best {best_of}", "trial"):
             table.add_column(col)
         best = self._best(trials)
         table.add_row(

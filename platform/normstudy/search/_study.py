@@ -130,88 +130,111 @@ def run_study(
     tracking: str | None = None,
 ) -> StudyOutcome:
     """Run (or resume) ``spec`` with its folder under ``home``; return what happened."""
-    from ray import tune
-    from ray.tune import Callback
-
-    from normstudy import __version__
-    from normstudy.results import ResultsSink
-    from normstudy.search._callbacks import LiveView, StudyCallback
     from normstudy.search._space import num_trials
-    from normstudy.search._trainable import tune_trainable
-    from normstudy.tracking import StudyTracker
 
     paths = StudyPaths(home, spec.name)
+    created = overwrite or not paths.root.exists()
     _prepare_folder(spec, paths, resume, overwrite)
-    meta = {"version": __version__, "git_rev": git_revision()}
-    tracker = StudyTracker(
-        uri=tracking_uri(home, tracking),
+    total = num_trials(spec)
+    console.print(
+        f"study {spec.name}: {total} trials of {spec.model.name} on {spec.dataset.name} "
+        f"({spec.search.sampler}, {spec.search.scheduler.name}); home {home}",
+        highlight=False,
+    )
+    try:
+        _init_ray()
+        tracker = _tracker(spec, paths, tracking)
+        tuner = _tuner(spec, paths, _callbacks(spec, paths, tracker, console, total), resume)
+    except BaseException:
+        if created and not resume:  # nothing ran: leave no half-made study behind
+            shutil.rmtree(paths.root, ignore_errors=True)
+        raise
+    grid = tuner.fit()
+    results = [grid[i] for i in range(len(grid))]
+    errored = [(r.metrics or {}).get("trial_id", "?") for r in results if r.error is not None]
+    tracker.study_ended(_best_summary(spec, paths), status="FAILED" if errored else "FINISHED")
+    failures = tracker.close(float(os.environ.get("NORMSTUDY_TRACKING_FLUSH_S", "60")))
+    return StudyOutcome(paths, len(grid), errored, failures)
+
+
+def _tracker(spec: StudySpec, paths: StudyPaths, tracking: str | None) -> Any:
+    from normstudy import __version__
+    from normstudy.tracking import StudyTracker
+
+    return StudyTracker(
+        uri=tracking_uri(paths.home, tracking),
         study=spec.name,
         artifact_root=paths.artifacts,
         state_file=paths.tracking_state,
         tags={
             "normstudy.study": spec.name,
-            "normstudy.version": meta["version"],
-            "normstudy.git_rev": meta["git_rev"],
+            "normstudy.version": __version__,
+            "normstudy.git_rev": git_revision(),
         },
     )
-    total = num_trials(spec)
+
+
+def _callbacks(
+    spec: StudySpec, paths: StudyPaths, tracker: Any, console: Console, total: int
+) -> list[Any]:
+    from normstudy import __version__
+    from normstudy.results import ResultsSink
+    from normstudy.search._callbacks import LiveView, StudyCallback
+
     score_keys = [f"best/{m}" for m in spec.search.metrics]
-    base = spec.trial_base()
-    callbacks: list[Callback] = [
+    return [
         StudyCallback(
             study=spec.name,
-            base=base,
+            base=spec.trial_base(),
             epochs=spec.train.epochs,
             sink=ResultsSink(paths.results),
             tracker=tracker,
-            meta=meta,
+            meta={"version": __version__, "git_rev": git_revision()},
             score_keys=score_keys,
             artifacts_dir=paths.trial_artifacts,
             variants=spec.variants,
         ),
         LiveView(console, total, score_keys[0], spec.search.modes[0]),
     ]
+
+
+def _tuner(spec: StudySpec, paths: StudyPaths, callbacks: list[Any], resume: bool) -> Any:
+    from ray import tune
+
+    from normstudy.search._space import num_trials
+    from normstudy.search._trainable import tune_trainable
+
     trainable = tune.with_resources(
         tune.with_parameters(
-            tune_trainable, base=base, variants=spec.variants, objectives=_objectives(spec)
+            tune_trainable,
+            base=spec.trial_base(),
+            variants=spec.variants,
+            objectives=_objectives(spec),
         ),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
-    console.print(
-        f"study {spec.name}: {total} trials of {spec.model.name} on {spec.dataset.name} "
-        f"({spec.search.sampler}, {spec.search.scheduler.name}); home {home}",
-        highlight=False,
-    )
-    _init_ray()
     if resume and tune.Tuner.can_restore(str(paths.tune)):
         tuner = tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_errored=True)
         # Callbacks hold threads and consoles and are pickled empty: give them anew.
         assert tuner._local_tuner is not None
         tuner._local_tuner.get_run_config().callbacks = callbacks
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, paths),
-                scheduler=_scheduler(spec),
-                num_samples=total,
-            ),
-            run_config=tune.RunConfig(
-                name=paths.tune.name,
-                storage_path=str(paths.root),
-                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=callbacks,
-                verbose=0,
-            ),
-        )
-    grid = tuner.fit()
-    results = [grid[i] for i in range(len(grid))]
-    errored = [(r.metrics or {}).get("trial_id", "?") for r in results if r.error is not None]
-    best = _best_summary(spec, paths)
-    tracker.study_ended(best, status="FAILED" if errored else "FINISHED")
-    failures = tracker.close(float(os.environ.get("NORMSTUDY_TRACKING_FLUSH_S", "60")))
-    return StudyOutcome(paths, len(grid), errored, failures)
+        return tuner
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(spec, paths),
+            scheduler=_scheduler(spec),
+            num_samples=num_trials(spec),
+        ),
+        run_config=tune.RunConfig(
+            name=paths.tune.name,
+            storage_path=str(paths.root),
+            failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
 
 
 def _best_summary(spec: StudySpec, paths: StudyPaths) -> dict[str, Any] | None:

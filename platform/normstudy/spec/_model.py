@@ -322,6 +322,12 @@ class StudySpec(Strict):
             except ValueError as err:
                 raise ValueError(f"variants.{variant}: {err}" if variant else str(err)) from None
         check_space(self)
+        sched = self.search.scheduler
+        if sched.name == "asha" and sched.grace_period > self.train.epochs:
+            raise ValueError(
+                f"search.scheduler.grace_period ({sched.grace_period}) exceeds train.epochs "
+                f"({self.train.epochs}): ASHA cannot stop a trial before its grace period"
+            )
         if len(self.seed_list()) > 1 and self.search.sampler != "grid":
             raise ValueError(
                 f"seeds lists {len(self.seed_list())} seeds, but sampler "
