@@ -221,3 +221,9 @@ def test_asha_grace_period_within_epochs() -> None:
     data = _with("search.scheduler", {"name": "asha", "grace_period": 5})
     apply_override(data, "train.epochs", 2)
     _bad(data, "grace_period", "train.epochs")
+
+
+def test_data_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = validate_data(_with("dataset", {"name": "cifar10", "root": "data/c10"}))
+    assert spec.with_absolute_paths().dataset.root == str(tmp_path / "data" / "c10")

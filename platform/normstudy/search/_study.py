@@ -132,6 +132,7 @@ def run_study(
     """Run (or resume) ``spec`` with its folder under ``home``; return what happened."""
     from normstudy.search._space import num_trials
 
+    spec = spec.with_absolute_paths()
     paths = StudyPaths(home, spec.name)
     created = overwrite or not paths.root.exists()
     _prepare_folder(spec, paths, resume, overwrite)

@@ -336,6 +336,17 @@ class StudySpec(Strict):
             )
         return self
 
+    def with_absolute_paths(self) -> StudySpec:
+        """A copy whose data paths are absolute: Tune runs each trial in its own directory."""
+        from pathlib import Path
+
+        updates = {
+            key: str(Path(value).expanduser().resolve())
+            for key in ("root", "path")
+            if (value := getattr(self.dataset, key))
+        }
+        return self.model_copy(update={"dataset": self.dataset.model_copy(update=updates)})
+
     def trial_base(self) -> dict[str, Any]:
         """The plain-dict config every trial starts from (before the sampled values)."""
         return {
