@@ -149,22 +149,47 @@ def test_timm_name_snapshot_matches_installed_timm() -> None:
     assert timm_model_names() == frozenset(timm.list_models())
 
 
-def test_light_commands_do_not_import_torch_or_ray(quickstart: Path) -> None:
+def test_light_commands_do_not_import_torch_or_ray(quickstart: Path, tmp_path: Path) -> None:
+    from normstudy.results import ResultsSink, flatten_config
+    from normstudy.spec import load_spec
+
+    spec = load_spec(quickstart)
+    (tmp_path / "quickstart").mkdir()
+    (tmp_path / "quickstart" / "study.yaml").write_text(
+        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    )
+    sink = ResultsSink(tmp_path / "quickstart" / "results")
+    for i, acc in enumerate([0.5, 0.7]):
+        row = {
+            "study": "quickstart",
+            "trial_id": f"t{i}",
+            "seed": 1,
+            "epoch": 1,
+            **flatten_config(spec.trial_base()),
+            "val/acc": acc,
+            "best/val/acc": acc,
+        }
+        sink.update(f"t{i}", [row], status="completed")
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from normstudy.cli import app\n"
-        f"r = CliRunner().invoke(app, ['validate', {str(quickstart)!r}])\n"
-        "assert r.exit_code == 0, r.output\n"
-        "r = CliRunner().invoke(app, ['--help'])\n"
-        "assert r.exit_code == 0\n"
-        "r = CliRunner().invoke(app, ['plugins'])\n"
-        "assert r.exit_code == 0, r.output\n"
-        "assert 'gamma_init' in r.output\n"
+        "def ok(*args):\n"
+        "    r = CliRunner().invoke(app, list(args))\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "    return r.output\n"
+        f"ok('validate', {str(quickstart)!r})\n"
+        "ok('--help')\n"
+        "assert 'gamma_init' in ok('plugins')\n"
+        f"out = ok('best', 'quickstart', '--home', {str(tmp_path)!r}, '--format', 'json')\n"
+        "assert out.index('t1') < out.index('t0'), out\n"
+        f"ok('report', 'quickstart', '--home', {str(tmp_path)!r}, '--format', 'md', "
+        f"'--out', {str(tmp_path / 'rep')!r})\n"
         "heavy = [m for m in ('torch', 'ray', 'mlflow', 'timm') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert (tmp_path / "rep" / "trials.md").exists()
 
 
 VARIANTS = {
