@@ -68,10 +68,15 @@ def sgd(groups: list[ParamGroup], lr: float = 0.1) -> torch.optim.SGD:
 
 
 def act_drop_types(net: nn.Module) -> dict[str, tuple[type, type]]:
+    """act/drop of every BatchNormAct2d, also after a plugin turned it into a NormLayer or
+    RemovedNorm (which keep them)."""
+    from normstudy.models import NormLayer, RemovedNorm
+
     return {
         n: (type(m.act), type(m.drop))
         for n, m in net.named_modules()
         if isinstance(m, BatchNormAct2d)
+        or (isinstance(m, NormLayer | RemovedNorm) and m.source_type == "BatchNormAct2d")
     }
 
 

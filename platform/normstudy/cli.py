@@ -242,7 +242,7 @@ def plugins() -> None:
             table.add_row(
                 f"  {option}",
                 _type_name(field.annotation),
-                repr(field.default),
+                repr(field.get_default(call_default_factory=True)),
                 field.description or "",
             )
     out.print(table)
@@ -261,6 +261,15 @@ def _type_name(annotation: object) -> str:
         return " | ".join(repr(a) for a in args)
     name = getattr(annotation, "__name__", None)
     return "None" if annotation is type(None) else name or str(annotation)
+
+
+def _register_extra_commands() -> None:
+    from normstudy.cli_diagnostics import register
+
+    register(app)
+
+
+_register_extra_commands()
 
 
 def main() -> None:
