@@ -24,7 +24,8 @@ torch.set_num_threads(1)
         lambda: nn.BatchNorm1d(6),
     ],
 )
-def test_default_norm_layer_equals_batchnorm(make) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("explicit", [False, True])
+def test_default_norm_layer_equals_batchnorm(make, explicit: bool) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     bn = make()
     with torch.no_grad():
@@ -35,6 +36,8 @@ def test_default_norm_layer_equals_batchnorm(make) -> None:  # type: ignore[no-u
     holder = nn.Sequential(bn)
     ((_, layer),) = to_norm_layers(holder)
     assert isinstance(layer, NormLayer) and layer.weight is bn.weight
+    if explicit:  # an identity stage forces the stage-by-stage path instead of BN's kernel
+        layer.perturb.append(lambda _layer, xhat: xhat)
     shape = (8, 6, 5, 5) if isinstance(bn, nn.BatchNorm2d) else (8, 6)
     for _ in range(3):
         x = torch.randn(*shape, requires_grad=True)

@@ -234,7 +234,9 @@ def check_combination(spec: StudySpec) -> None:
             reason = cls.conflicts.get(other) or get_plugin(other).conflicts.get(name)
             if reason:
                 first, second = sorted((name, other))
-                raise ValueError(f"plugins.{first} and plugins.{second} cannot be combined: {why}")
+                raise ValueError(
+                    f"plugins.{first} and plugins.{second} cannot be combined: {reason}"
+                )
     for name, options in spec.plugins.items():
         cls = get_plugin(name)
         cls.check(cls.Options.model_validate(options), spec)
