@@ -1,0 +1,277 @@
+"""Plugins from 000, "Stochastic Normalizations as Bayesian Learning": the normalization-batch
+size, projection onto unit-norm weights, and the two deterministic normalizations (weight norm,
+analytic norm) that replace BN's batch statistics.
+
+No torch at module level (the registry is read by ``validate``): hooks import it themselves;
+the modules live in ``normstudy.models._ghost``, ``_reparam`` and ``_analytic``.
+
+Order (ascending ``Plugin.order``): ``norm_batch`` (120, a statistics stage), the weight inits of
+004 (150, 160), then ``weight_norm`` / ``analytic_norm`` (170: after the inits, because
+``nn.init.*(conv.weight)`` on a weight-normalized conv silently does nothing) and ``projection``
+(180: last, so it projects the final weights, the directions v of weight norm included).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from pydantic import Field
+
+from normstudy.plugins._base import (
+    ParamGroup,
+    Plugin,
+    PluginContext,
+    PluginOptions,
+    register_plugin,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from normstudy.spec._model import StudySpec
+
+# Conflicts of the two deterministic normalizations (names of other plugins of the platform).
+_REPLACES_STATISTICS = {
+    "population_norm": "both replace the batch statistics of every normalization layer",
+    "mean_only": "it keeps BN's batch statistics, which this plugin replaces",
+    "variance_only": "it keeps BN's batch statistics, which this plugin replaces",
+    "remove_norm": "it removes the normalization layers this plugin re-purposes",
+    "norm_batch": "there are no batch statistics left whose batch size it could set",
+}
+_ANALYTIC_MODELS = re.compile(r"^(test_resnet|resnet\d+[cdst]?|wide_resnet\d+_2)$")
+
+
+def _move(groups: list[ParamGroup], ids: set[int], into: ParamGroup) -> list[ParamGroup]:
+    """Move the parameters with these ids from every group into ``into`` (appended last)."""
+    for group in groups:
+        keep = [(p, n) for p, n in zip(group.params, group.names, strict=True) if id(p) not in ids]
+        for param, name in zip(group.params, group.names, strict=True):
+            if id(param) in ids:
+                into.params.append(param)
+                into.names.append(name)
+        group.params, group.names = [p for p, _ in keep], [n for _, n in keep]
+    return [g for g in [*groups, into] if g.params]
+
+
+def _in_chans(model: nn.Module) -> int:
+    from normstudy.models._inspect import first_conv
+
+    return first_conv(model)[1].in_channels
+
+
+@register_plugin
+class NormBatch(Plugin):
+    """Normalization batch N apart from the training batch B: extra samples or ghost BN (000)."""
+
+    name = "norm_batch"
+    order = 120
+    conflicts: ClassVar[dict[str, str]] = {
+        "population_norm": "population statistics replace the batch statistics it sizes",
+        "remove_norm": "there are no normalization layers left",
+    }
+
+    class Options(PluginOptions):
+        size: Annotated[int, Field(ge=1)] = 128
+        """N, samples per normalization batch. N = B: BN. N > B: each step adds N − B random
+        training samples (same augmentation) that shape the batch statistics only. N < B: ghost
+        BN over groups of N consecutive samples (N must divide ``train.batch_size``). Per device
+        under data-parallel training unless BN is synchronized."""
+
+    options: Options
+
+    def __init__(self, options: PluginOptions, ctx: PluginContext) -> None:
+        super().__init__(options, ctx)
+        self._sum, self._steps = 0.0, 0  # effective normalization batch, since the last epoch
+
+    @classmethod
+    def check(cls, options: PluginOptions, spec: StudySpec) -> None:
+        assert isinstance(options, cls.Options)
+        _check_ghost(options.size, spec.train.batch_size)
+
+    def patch_model(self, model: nn.Module) -> nn.Module:
+        from normstudy.models._ghost import GhostStatistics
+        from normstudy.models._norm import to_norm_layers
+
+        size, batch = self.options.size, self.ctx.config.train.batch_size
+        if size < batch:  # ghost BN; N >= B keeps BN's statistics (N > B: over the N samples)
+            _check_ghost(size, batch)  # also for sizes sampled by a search
+            for _, layer in to_norm_layers(model):
+                layer.claim("statistics", self.name)
+                layer.statistics = GhostStatistics(size)
+        return model
+
+    def extra_samples(self, batch_size: int) -> int:
+        self._sum += self.effective(batch_size)
+        self._steps += 1
+        return max(0, self.options.size - batch_size) if self._adds_samples() else 0
+
+    def _adds_samples(self) -> bool:
+        return self.options.size > self.ctx.config.train.batch_size
+
+    def effective(self, batch_size: int) -> float:
+        """Samples whose statistics normalize a sample in a step with ``batch_size`` training
+        samples, averaged over the samples (N, except for a last partial ghost group)."""
+        size = self.options.size
+        if self._adds_samples():
+            return float(size)
+        full, rest = divmod(batch_size, size)
+        return (full * size * size + rest * rest) / batch_size
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        value = self._sum / self._steps if self._steps else float(self.options.size)
+        self._sum, self._steps = 0.0, 0
+        return {"norm_batch/effective": value}
+
+
+def _check_ghost(size: int, batch: int) -> None:
+    if size < batch and batch % size:
+        raise ValueError(
+            f"plugins.norm_batch.size ({size}) must divide train.batch_size ({batch}): below "
+            "the training batch, norm_batch normalizes groups of size consecutive samples"
+        )
+
+
+@register_plugin
+class Projection(Plugin):
+    """After each step, rescale each weight row that feeds a normalization to norm 1 (000)."""
+
+    name = "projection"
+    order = 180
+    conflicts: ClassVar[dict[str, str]] = {
+        "remove_norm": "without normalizations no weight is scale-invariant",
+    }
+
+    def patch_model(self, model: nn.Module) -> nn.Module:
+        from normstudy.models._reparam import (
+            feeding_layers,
+            is_scale_invariant,
+            project_rows_,
+            row_direction,
+        )
+
+        pairs, _ = feeding_layers(model, _in_chans(model))
+        names = {id(p): n for n, p in model.named_parameters()}
+        layers = [
+            layer
+            for layer, norm in pairs
+            if is_scale_invariant(model.get_submodule(layer), model.get_submodule(norm))
+        ]
+        # Each layer once, in forward order.
+        self.names = [
+            names[id(row_direction(model.get_submodule(n)))] for n in dict.fromkeys(layers)
+        ]
+        for param in self.projected(model):
+            project_rows_(param)
+        return model
+
+    def projected(self, model: nn.Module) -> list[torch.Tensor]:
+        """The projected parameters (conv/linear weights feeding a norm, or their directions)."""
+        return [model.get_parameter(name) for name in self.names]
+
+    def param_groups(self, groups: list[ParamGroup], model: nn.Module) -> list[ParamGroup]:
+        # Weight decay on scale-invariant weights is ill-posed (000, Sect. 2): none here.
+        ids = {id(p) for p in self.projected(model)}
+        return _move(groups, ids, ParamGroup("projected", [], [], weight_decay=0.0))
+
+    def after_step(self, model: nn.Module) -> None:
+        from normstudy.models._reparam import project_rows_
+
+        for param in self.projected(model):
+            project_rows_(param)
+
+
+@register_plugin
+class WeightNorm(Plugin):
+    """Replace BN by weight norm w/‖w‖ with a per-channel affine (s, b), data-initialized (000)."""
+
+    name = "weight_norm"
+    order = 170
+    conflicts: ClassVar[dict[str, str]] = {
+        **_REPLACES_STATISTICS,
+        "analytic_norm": "both replace BN; enable one",
+    }
+    # 000: projection, and fan-in inits (PyTorch defaults there) applied before the parametrization.
+    partners: ClassVar[dict[str, dict[str, Any]]] = {"projection": {}, "fan_in_init": {}}
+
+    class Options(PluginOptions):
+        direction_weight_decay: bool = False
+        """Apply the study's weight decay to the directions v (default off: the loss does not
+        depend on ‖v‖, so decay only shrinks it and raises the effective learning rate)."""
+
+    options: Options
+
+    def patch_model(self, model: nn.Module) -> nn.Module:
+        from normstudy.models._norm import to_norm_layers
+        from normstudy.models._reparam import feeding_layers, row_direction, weight_normalize
+
+        layers = dict(to_norm_layers(model))
+        pairs, unfed = feeding_layers(model, _in_chans(model))
+        if unfed:
+            raise ValueError(
+                f"weight_norm: normalization layer {unfed[0]!r} is not fed by a conv/linear "
+                "layer, so there is no weight to normalize in its place"
+            )
+        for layer_name, norm_name in pairs:
+            weight_normalize(model.get_submodule(layer_name), layers[norm_name], self.name)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.directions = [names[id(row_direction(model.get_submodule(n)))] for n, _ in pairs]
+        return model
+
+    def data_init(self, model: nn.Module, inputs: torch.Tensor) -> None:
+        from normstudy.models._norm import NormLayer
+        from normstudy.models._reparam import weight_norm_data_init, weight_norm_statistics
+
+        layers = [
+            m
+            for m in model.modules()
+            if isinstance(m, NormLayer) and m.statistics is weight_norm_statistics
+        ]
+        weight_norm_data_init(model, layers, inputs)
+
+    def param_groups(self, groups: list[ParamGroup], model: nn.Module) -> list[ParamGroup]:
+        # The magnitudes g (4-D, frozen at 1) are in no group; the scale s is BN's γ.
+        decay = self.ctx.config.train.weight_decay if self.options.direction_weight_decay else 0.0
+        ids = {id(model.get_parameter(name)) for name in self.directions}
+        return _move(groups, ids, ParamGroup("wn_direction", [], [], weight_decay=decay))
+
+
+@register_plugin
+class AnalyticNorm(Plugin):
+    """Normalize with statistics propagated analytically from the data moments (000, ResNets)."""
+
+    name = "analytic_norm"
+    order = 170
+    conflicts: ClassVar[dict[str, str]] = {
+        **_REPLACES_STATISTICS,
+        "weight_norm": "both replace BN; enable one",
+    }
+    partners: ClassVar[dict[str, dict[str, Any]]] = {"projection": {}}
+
+    @classmethod
+    def check(cls, options: PluginOptions, spec: StudySpec) -> None:
+        name = spec.model.name
+        if not _ANALYTIC_MODELS.match(name):
+            raise ValueError(
+                f"plugins.analytic_norm: model.name {name!r} is not supported: moments are "
+                "propagated through timm ResNets with ReLU only (test_resnet, resnet18, "
+                "resnet50, ...); SiLU networks such as EfficientNet have no rectified-Gaussian "
+                "moments"
+            )
+        act = spec.model.kwargs.get("act_layer")
+        if act not in (None, "relu"):
+            raise ValueError(
+                f"plugins.analytic_norm: model.kwargs.act_layer {act!r} is not supported "
+                "(ReLU only: its moments are those of a rectified Gaussian)"
+            )
+
+    def patch_model(self, model: nn.Module) -> nn.Module:
+        from normstudy.models._analytic import analytic_normalize, input_moments
+        from normstudy.models._norm import to_norm_layers
+
+        splits = self.ctx.splits
+        mean, var = input_moments(splits.train.x if splits is not None else None, _in_chans(model))
+        layers = [layer for _, layer in to_norm_layers(model)]
+        analytic_normalize(model, layers, mean, var, self.name)
+        return model
