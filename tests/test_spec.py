@@ -252,3 +252,21 @@ def test_data_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     spec = validate_data(_with("dataset", {"name": "cifar10", "root": "data/c10"}))
     assert spec.with_absolute_paths().dataset.root == str(tmp_path / "data" / "c10")
+
+
+def test_every_grid_point_passes_the_plugins_checks() -> None:
+    """Each value may be fine alone while a combination is impossible (ghost batches must
+    divide the training batch): the grid sampler's points are all checked."""
+    data = _with("plugins", {"norm_batch": {"size": 8}})
+    apply_override(
+        data,
+        "search",
+        {
+            "sampler": "grid",
+            "space": {
+                "plugins.norm_batch.size": {"type": "grid", "values": [8, 16]},
+                "train.batch_size": {"type": "grid", "values": [16, 24]},
+            },
+        },
+    )
+    _bad(data, "grid point", "plugins.norm_batch.size", "train.batch_size")

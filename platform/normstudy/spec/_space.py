@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -121,10 +123,32 @@ def _variant_for(spec: StudySpec, key: str) -> str | None:
     return next(v for v, plugins in spec.variants.items() if key.split(".")[1] in plugins)
 
 
-def check_space(spec: StudySpec) -> None:
-    """Every space key names a field, and every range end / choice is a valid value for it."""
+MAX_GRID_CHECKS = 4096
+
+
+def _check_params(spec: StudySpec, base: dict[str, Any], params: dict[str, Any], what: str) -> None:
+    """The trial config of ``params`` is valid, and its plugins' own checks pass on it."""
+    from normstudy.plugins import check_combination
     from normstudy.spec._model import TrialConfig
 
+    trial = resolve_config(base, params, spec.variants)
+    try:
+        cfg = TrialConfig.model_validate(trial)
+        resolved = spec.model_copy(
+            update={k: getattr(cfg, k) for k in ("dataset", "model", "train", "plugins")}
+        )
+        check_combination(resolved)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{what}: {where}: {first['msg']}") from None
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+
+
+def check_space(spec: StudySpec) -> None:
+    """Every space key names a field, and every range end / choice is valid for it (and for the
+    plugins' own checks); under the grid sampler every grid point is checked."""
     if spec.variants and "variant" not in spec.search.space:
         raise ValueError(
             "variants are defined but not searched: add search.space.variant "
@@ -138,13 +162,16 @@ def check_space(spec: StudySpec) -> None:
         variant = _variant_for(spec, key)
         for value in dist.candidates():
             params = {key: value} if variant is None else {"variant": variant, key: value}
-            trial = resolve_config(base, params, spec.variants)
-            try:
-                TrialConfig.model_validate(trial)
-            except ValidationError as err:
-                first = err.errors()[0]
-                raise ValueError(
-                    f"search.space[{key!r}]: value {value!r} is not valid for {key}: {first['msg']}"
-                ) from None
-            except ValueError as err:
-                raise ValueError(f"search.space[{key!r}]: value {value!r}: {err}") from None
+            _check_params(spec, base, params, f"search.space[{key!r}]: value {value!r}")
+    if spec.search.sampler == "grid":
+        _check_grid(spec, base)
+
+
+def _check_grid(spec: StudySpec, base: dict[str, Any]) -> None:
+    axes = {k: d.grid_values() or [] for k, d in spec.search.space.items()}
+    if math.prod(len(v) for v in axes.values()) > MAX_GRID_CHECKS:
+        return  # each value was checked alone; a grid this large is checked per trial
+    for point in itertools.product(*axes.values()):
+        params = dict(zip(axes, point, strict=True))
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        _check_params(spec, base, params, f"search.space grid point ({shown})")
