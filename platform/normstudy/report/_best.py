@@ -11,7 +11,6 @@ from typing import Any, Literal
 from normstudy.report._stats import varying_keys
 from normstudy.results import TrialScore
 
-
 TABLE_TESTS = ("test/acc", "test/loss")
 
 
