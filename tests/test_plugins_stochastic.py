@@ -660,3 +660,23 @@ def test_projection_composes_with_the_deterministic_normalizations(plugin: str) 
     config = TrialConfig.model_validate(spec.trial_base())
     names = [p.name for p in instantiate(spec.plugins, PluginContext(config, 4, 3, 1))]
     assert names == [plugin, "projection"]  # projection last: it projects the final weights
+
+
+@pytest.mark.parametrize(
+    "stochastic",
+    [{"noise": {"sigma_u": 0.5, "sigma_v": 0.5}}, {"bayesian_scale": {"sigma_init": 0.5}}],
+)
+def test_weight_norm_data_init_ignores_noise_and_sampled_scales(stochastic: dict[str, Any]) -> None:
+    """The init pass matches statistics of the deterministic network (S = s, no noise), so a
+    noisy variant starts from exactly the init of the plain one."""
+    plain, _, plain_made = setup_trial("test_resnet", {"weight_norm": {}})
+    noisy, _, noisy_made = setup_trial("test_resnet", {"weight_norm": {}, **stochastic})
+    torch.manual_seed(1)
+    x = torch.randn(128, 3, 16, 16)
+    for net, made in ((plain, plain_made), (noisy, noisy_made)):
+        torch.manual_seed(2)
+        for plugin in made:
+            plugin.data_init(net, x)
+    for a, b in zip(wn_layers(plain), wn_layers(noisy), strict=True):
+        torch.testing.assert_close(a.weight, b.weight)
+        torch.testing.assert_close(a.bias, b.bias)

@@ -179,17 +179,22 @@ def weight_norm_data_init(model: nn.Module, layers: list[NormLayer], inputs: tor
     The network then computes on ``inputs`` what the BN network did: with γ₀ = 1, β₀ = 0 every
     pre-activation output has zero mean and unit variance per channel on that batch.
     """
-    previous = [layer.statistics for layer in layers]
+    # Noise stages and a sampled scale (noise, bayesian_scale) would blur the statistics the
+    # init matches: the pass runs with the plain affine (S = s) and no perturbation.
+    from normstudy.models._norm import standard_affine
+
+    previous = [(layer.statistics, layer.perturb, layer.affine_stage) for layer in layers]
     for layer in layers:
         layer.statistics = _InitStatistics(layer.statistics)
+        layer.perturb, layer.affine_stage = [], standard_affine
     was_training = model.training
     try:
         model.train()
         model(inputs)
     finally:
         model.train(was_training)
-        for layer, stage in zip(layers, previous, strict=True):
-            layer.statistics = stage
+        for layer, (stats, perturb, affine) in zip(layers, previous, strict=True):
+            layer.statistics, layer.perturb, layer.affine_stage = stats, perturb, affine
 
 
 __all__ = [
