@@ -220,6 +220,14 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart
     assert sorted(keys) == sorted({(t, e) for t, _ in keys for e in range(1, EPOCHS + 1)})
 
 
+def test_resources_beyond_the_machine_fail_fast(tmp_path: Path, quickstart: Path) -> None:
+    proc = _normstudy(
+        "run", str(quickstart), "--home", str(tmp_path), *FAST, "--set", "resources.cpus=64"
+    )
+    assert proc.returncode == 2 and "resources.cpus" in proc.stderr
+    assert not (tmp_path / "quickstart").exists()
+
+
 def test_resume_refuses_a_changed_description(tmp_path: Path, quickstart: Path) -> None:
     home = tmp_path / "home"
     first = _normstudy(

@@ -144,6 +144,7 @@ def run_study(
     )
     try:
         _init_ray()
+        _check_resources(spec)
         tracker = _tracker(spec, paths, tracking)
         tuner = _tuner(spec, paths, _callbacks(spec, paths, tracker, console, total), resume)
     except BaseException:
@@ -156,6 +157,24 @@ def run_study(
     tracker.study_ended(_best_summary(spec, paths), status="FAILED" if errored else "FINISHED")
     failures = tracker.close(float(os.environ.get("NORMSTUDY_TRACKING_FLUSH_S", "60")))
     return StudyOutcome(paths, len(grid), errored, failures)
+
+
+def _check_resources(spec: StudySpec) -> None:
+    """On a local Ray instance, a trial asking for more than the machine has would wait forever:
+    fail at once instead (a cluster with an autoscaler may still grow, so it is not checked)."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    have = ray.cluster_resources()
+    for field, key in (("cpus", "CPU"), ("gpus", "GPU")):
+        want = getattr(spec.resources, field)
+        if want > have.get(key, 0.0):
+            raise StudyStateError(
+                f"resources.{field} is {want} per trial but this machine has "
+                f"{have.get(key, 0.0):g}; lower it (e.g. --set resources.{field}="
+                f"{have.get(key, 0.0):g}) or submit the study to a cluster"
+            )
 
 
 def _tracker(spec: StudySpec, paths: StudyPaths, tracking: str | None) -> Any:
