@@ -14,7 +14,7 @@ With default stages the output, the gradients and the running statistics equal t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -182,34 +182,34 @@ def _is_input_norm(module: nn.Module) -> bool:
     return bool(getattr(module, "normstudy_input_norm", False))
 
 
+_T = TypeVar("_T", NormLayer, RemovedNorm)
+
+
+def _replace_bns(model: nn.Module, kind: type[_T]) -> list[tuple[str, _T]]:
+    """Replace every BN (not the input-norm BN, not one already of ``kind``) by ``kind(bn)``."""
+    found: list[tuple[str, _T]] = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, kind):
+            found.append((name, module))
+        elif isinstance(module, _BatchNorm) and not _is_input_norm(module):
+            replacement = kind(module)
+            _set_submodule(model, name, replacement)
+            found.append((name, replacement))
+    return found
+
+
 def to_norm_layers(model: nn.Module) -> list[tuple[str, NormLayer]]:
     """Replace every BN of ``model`` (not the input-norm BN) by a ``NormLayer``, once.
 
     Idempotent: layers already converted are returned as they are. Parameters and buffers are
     the BN's own objects, so optimizers and state dicts see the same tensors under the same names.
     """
-    found: list[tuple[str, NormLayer]] = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, NormLayer):
-            found.append((name, module))
-        elif isinstance(module, _BatchNorm) and not _is_input_norm(module):
-            layer = NormLayer(module)
-            _set_submodule(model, name, layer)
-            found.append((name, layer))
-    return found
+    return _replace_bns(model, NormLayer)
 
 
 def remove_norm_layers(model: nn.Module) -> list[tuple[str, RemovedNorm]]:
-    """Replace every BN (not the input-norm BN) by a ``RemovedNorm``; return them all."""
-    found: list[tuple[str, RemovedNorm]] = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, RemovedNorm):
-            found.append((name, module))
-        elif isinstance(module, _BatchNorm) and not _is_input_norm(module):
-            removed = RemovedNorm(module)
-            _set_submodule(model, name, removed)
-            found.append((name, removed))
-    return found
+    """Replace every BN (not the input-norm BN; NormLayers too) by a ``RemovedNorm``."""
+    return _replace_bns(model, RemovedNorm)
 
 
 def norm_positions(model: nn.Module) -> list[tuple[str, NormLayer | RemovedNorm]]:
