@@ -1,189 +1,208 @@
-"""MLflow: one experiment per study, a parent run for the study, a child run per trial.
+"""MLflow calls: one outbox operation at a time, each idempotent, with the study's run-id map.
 
-MLflow is never the source of truth (Parquet is) and must never stall a study: every call runs
-on a background thread with short HTTP timeouts and no retry storms, failures are collected and
-reported at the end.
+One experiment per study, a parent run for the study, a child run per trial. Replaying an
+operation that already reached the server changes nothing: runs are looked up by tag before
+they are created (a create whose answer was lost makes no second run), metric points keep their
+original timestamp and step (MLflow's SQL store keeps one row per identical (key, value,
+timestamp, step): an identical point logged again is dropped), params are logged only where
+missing, tags and end states are set to the same values again.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import tempfile
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from normstudy.tracking._worker import BackgroundCalls
+from normstudy.tracking._client import UndeliverableError, client
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-# Bounded HTTP behaviour; set before mlflow is imported (it reads them at import and per call).
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    from normstudy.storage import Location
+    from normstudy.tracking._outbox import Op
+
 MAX_PARAM_LEN = 6000
 
 
-def _client(uri: str) -> MlflowClient:
-    for key, value in HTTP_ENV.items():
-        os.environ.setdefault(key, value)
-    from mlflow import MlflowClient
-
-    for name in ("mlflow", "alembic"):  # schema-migration chatter on a new local store
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri)
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-class StudyTracker:
-    """Logs a study to MLflow in the background. Methods never raise and never block long."""
+class RunSender:
+    """Sends outbox operations to the MLflow server at ``uri``; keeps run ids in ``state_file``."""
 
-    def __init__(
-        self,
-        *,
-        uri: str,
-        study: str,
-        artifact_root: Path,
-        state_file: Path,
-        tags: dict[str, str],
-    ) -> None:
-        self.uri, self.study, self.tags = uri, study, tags
+    def __init__(self, *, uri: str, study: str, artifact_root: Location, state_file: Location):
+        self.uri, self.study = uri, study
         self.artifact_root, self.state_file = artifact_root, state_file
-        self._state: dict[str, Any] = (
-            json.loads(state_file.read_text()) if state_file.exists() else {"children": {}}
-        )
-        self._calls = BackgroundCalls("mlflow")
+        self.notes: list[str] = []  # what was left out of an operation that went through
         self._client: MlflowClient | None = None
-        self._calls.submit("start study run", self._start_parent)
+        self.state: dict[str, Any] = {"children": {}}
+        try:
+            if state_file.exists():
+                self.state = {"children": {}, **json.loads(state_file.read_text())}
+        except (OSError, ValueError) as e:  # runs are found by tag instead
+            self.notes.append(f"cannot read {state_file} ({type(e).__name__}); runs found by tag")
 
-    @property
-    def failures(self) -> list[str]:
-        return self._calls.failures
-
-    # -- runs on the background thread ----------------------------------------------------
-    def _c(self) -> MlflowClient:
+    def c(self) -> MlflowClient:
         if self._client is None:
-            self._client = _client(self.uri)
+            self._client = client(self.uri)
         return self._client
 
-    def _save_state(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._state, indent=1))
-        tmp.replace(self.state_file)
+    def probe(self) -> None:
+        """Raises unless the server answers."""
+        self.c().search_experiments(max_results=1)
 
-    def _start_parent(self) -> None:
-        c = self._c()
+    def send(self, op: Op) -> None:
+        handler = getattr(self, f"_op_{op.get('op')}", None)
+        if handler is None:
+            raise UndeliverableError(f"unknown operation {op.get('op')!r}")
+        handler(op)
+
+    # -- runs: found by id, else by tag, else created ----------------------------------------
+    def _save(self) -> None:
+        self.state_file.write_text(json.dumps(self.state, indent=1))
+
+    def _get(self, run_id: str | None) -> Any:
+        """The run, or None when there is none by that id (deleted, or another store's id)."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return None
+        try:
+            run = self.c().get_run(run_id)
+        except MlflowException as e:
+            if e.get_http_status_code() == 404:
+                return None
+            raise
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def _find(self, tags: dict[str, str], order: str = "ASC") -> Any:
+        """The first run (by start time) in the study's experiment that has these tags."""
+        if any("'" in v for v in tags.values()):
+            return None
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        experiment = self.state.get("experiment_id") or self._experiment()
+        order_by = [f"attributes.start_time {order}"]
+        runs = self.c().search_runs([experiment], query, max_results=1, order_by=order_by)
+        return runs[0] if runs else None
+
+    def _experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        c = self.c()
         exp = c.get_experiment_by_name(self.study)
-        if exp is None:
-            location = None
-            if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
-                location = (self.artifact_root / self.study).as_uri()
-            exp_id = c.create_experiment(self.study, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
-        self._state["experiment_id"] = exp_id
-        if self._state.get("parent"):
-            c.update_run(self._state["parent"], status="RUNNING")
-        else:
-            run = c.create_run(
-                exp_id, run_name=self.study, tags={**self.tags, "normstudy.role": "study"}
-            )
-            self._state["parent"] = run.info.run_id
-        self._save_state()
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = None
+        if self.uri.startswith(("sqlite:", "file:")):
+            root = self.artifact_root / self.study  # a bucket home keeps artifacts there too
+            location = root.local_path.as_uri() if root.is_local else root.uri
+        try:
+            return str(c.create_experiment(self.study, artifact_location=location))
+        except MlflowException:  # made meanwhile (or by a create whose answer was lost)
+            exp = c.get_experiment_by_name(self.study)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
 
-    def _child(self, trial_id: str) -> str | None:
-        return self._state["children"].get(trial_id)
+    def _resume(self, run: Any) -> None:
+        if run.info.status != "RUNNING":
+            self.c().update_run(run.info.run_id, status="RUNNING")
 
-    def _start_child(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
-        c = self._c()
-        existing = self._child(trial_id)
-        if existing:
-            c.update_run(existing, status="RUNNING")
-            return
-        run = c.create_run(
-            self._state["experiment_id"],
-            run_name=trial_id,
-            tags={
-                **self.tags,
-                **tags,
-                "mlflow.parentRunId": self._state["parent"],
-                "normstudy.role": "trial",
-                "normstudy.trial_id": trial_id,
-            },
-        )
-        self._state["children"][trial_id] = run.info.run_id
-        self._save_state()
+    def _parent(self) -> str:
+        if not self.state.get("parent"):  # run-id map lost: the study's latest parent run
+            run = self._find({"normstudy.role": "study", "normstudy.study": self.study}, "DESC")
+            if run is None:
+                raise UndeliverableError("the study has no MLflow run")
+            self.state["parent"] = run.info.run_id
+        return str(self.state["parent"])
+
+    def _child(self, trial_id: str) -> str:
+        run_id = self.state["children"].get(trial_id)
+        if run_id:
+            return str(run_id)
+        run = self._find({"normstudy.trial_id": trial_id, "mlflow.parentRunId": self._parent()})
+        if run is None:
+            raise UndeliverableError(f"no MLflow run for trial {trial_id}")
+        self.state["children"][trial_id] = run.info.run_id
+        self._save()
+        return str(run.info.run_id)
+
+    # -- operations ------------------------------------------------------------------------
+    def _op_start_study(self, op: Op) -> None:
+        experiment = self._experiment()
+        self.state["experiment_id"] = experiment
+        key = {"normstudy.role": "study", "normstudy.study": self.study}
+        key["normstudy.study_uid"] = op["uid"]
+        run = self._get(self.state.get("parent"))
+        if run is None or run.info.experiment_id != experiment:
+            run = self._find(key)
+        if run is None:
+            tags = {**op["tags"], **key}
+            run = self.c().create_run(experiment, op["t"], tags=tags, run_name=self.study)
+        self._resume(run)
+        self.state["parent"] = run.info.run_id
+        self._save()
+
+    def _op_start_trial(self, op: Op) -> None:
         from mlflow.entities import Param
 
-        items = [
-            Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()
-        ]
-        items = [Param(p.key, p.value[:MAX_PARAM_LEN]) for p in items]
-        for i in range(0, len(items), 100):
-            c.log_batch(run.info.run_id, params=items[i : i + 100])
+        trial, parent = op["trial_id"], self._parent()
+        key = {"normstudy.trial_id": trial, "mlflow.parentRunId": parent}
+        run = self._get(self.state["children"].get(trial)) or self._find(key)
+        if run is None:
+            tags = {**op["tags"], **key, "normstudy.role": "trial"}
+            experiment = self.state.get("experiment_id") or self._experiment()
+            run = self.c().create_run(experiment, op["t"], tags=tags, run_name=trial)
+        self._resume(run)
+        self.state["children"][trial] = run.info.run_id
+        self._save()
+        have = run.data.params
+        params = [Param(k, v) for k, v in op["params"].items() if k not in have]
+        for part in _chunks(params, 100):
+            self.c().log_batch(run.info.run_id, params=part)
 
-    def _log_metrics(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
+    def _op_metrics(self, op: Op) -> None:
         from mlflow.entities import Metric
 
-        run_id = self._child(trial_id)
-        if run_id is None:
-            raise RuntimeError(f"no MLflow run for trial {trial_id}")
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self._c().log_batch(run_id, metrics=items)
+        points = [Metric(k, float(v), op["t"], op["step"]) for k, v in op["metrics"].items()]
+        for part in _chunks(points, 1000):
+            self.c().log_batch(self._child(op["trial_id"]), metrics=part)
 
-    def _end_child(self, trial_id: str, summary: dict[str, float], status: str) -> None:
-        run_id = self._child(trial_id)
-        if run_id is None:
-            raise RuntimeError(f"no MLflow run for trial {trial_id}")
-        c = self._c()
-        for key, value in summary.items():
-            c.log_metric(run_id, key, value)
-        c.set_terminated(run_id, status=status)
+    def _op_tags(self, op: Op) -> None:
+        from mlflow.entities import RunTag
 
-    def _end_parent(self, best: dict[str, Any] | None, status: str) -> None:
-        c = self._c()
-        parent = self._state["parent"]
-        if best is not None:
-            for key in ("trial_id", "score", "metric"):
-                c.set_tag(parent, f"best.{key}", str(best.get(key)))
-            with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / "best_config.json"
-                path.write_text(json.dumps(best, indent=2, default=str))
-                c.log_artifact(parent, str(path))
-        c.set_terminated(parent, status=status)
+        tags = [RunTag(k, str(v)) for k, v in op["tags"].items()]
+        for part in _chunks(tags, 100):
+            self.c().log_batch(self._child(op["trial_id"]), tags=part)
 
-    # -- public: enqueue and return at once -------------------------------------------------
-    def trial_started(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
-        self._calls.submit(
-            f"start run of {trial_id}", lambda: self._start_child(trial_id, params, tags)
-        )
+    def _op_artifacts(self, op: Op) -> None:
+        run_id = self._child(op["trial_id"])
+        for name, text in op["files"].items():
+            self.c().log_text(run_id, text, name)
 
-    def trial_result(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
-        self._calls.submit(
-            f"metrics of {trial_id} epoch {step}",
-            lambda: self._log_metrics(trial_id, metrics, step),
-        )
+    def _op_end_trial(self, op: Op) -> None:
+        from mlflow.entities import Metric
 
-    def trial_artifacts(self, trial_id: str, files: dict[str, str]) -> None:
-        def log() -> None:
-            run_id = self._child(trial_id)
-            if run_id is None:
-                raise RuntimeError(f"no MLflow run for trial {trial_id}")
-            for name, text in files.items():
-                self._c().log_text(run_id, text, name)
+        run_id = self._child(op["trial_id"])
+        summary = [Metric(k, float(v), op["t"], 0) for k, v in op["summary"].items()]
+        if summary:
+            self.c().log_batch(run_id, metrics=summary)
+        self.c().set_terminated(run_id, status=op["status"], end_time=op["t"])
 
-        self._calls.submit(f"artifacts of {trial_id}", log)
+    def _op_end_study(self, op: Op) -> None:
+        from mlflow.entities import RunTag
 
-    def trial_ended(self, trial_id: str, summary: dict[str, float], status: str) -> None:
-        self._calls.submit(
-            f"end run of {trial_id}", lambda: self._end_child(trial_id, summary, status)
-        )
-
-    def study_ended(self, best: dict[str, Any] | None, status: str = "FINISHED") -> None:
-        self._calls.submit("end study run", lambda: self._end_parent(best, status))
-
-    def close(self, timeout_s: float = 60.0) -> list[str]:
-        """Wait (bounded) for queued calls; return what could not be logged."""
-        self._calls.close(timeout_s)
-        return list(self.failures)
+        parent, best = self._parent(), op.get("best")
+        if best is not None:  # best.* names a run: only set when that run exists
+            try:
+                run_id = self._child(str(best.get("trial_id")))
+            except UndeliverableError as e:
+                self.notes.append(f"end study run: best.* tags left out ({e})")
+            else:
+                names = {"trial_id": best.get("trial_id"), "run_id": run_id}
+                names |= {k: best.get(k) for k in ("score", "metric")}
+                tags = [RunTag(f"best.{k}", str(v)) for k, v in names.items()]
+                self.c().log_batch(parent, tags=tags)
+                self.c().log_text(parent, json.dumps(best, indent=2), "best_config.json")
+        self.c().set_terminated(parent, status=op["status"], end_time=op["t"])

@@ -1,0 +1,78 @@
+"""MLflow commands (``register(app)`` adds them to the ``normstudy`` CLI).
+
+MLflow is imported inside the commands, so ``normstudy --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def sync_mlflow(
+    study: Annotated[str, typer.Argument(help="The study whose MLflow outbox to send.")],
+    home: Annotated[
+        str | None,
+        typer.Option(
+            "--home", help="Study home: a folder, s3://… or gs://… (default: $NORMSTUDY_HOME)."
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow server (default: $MLFLOW_TRACKING_URI or HOME's store)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300.0,
+) -> None:
+    """Send what MLflow could not take during a study (its outbox) now. Exit 0 when nothing is
+    left, 1 when the server does not answer or operations remain."""
+    from normstudy.home import StudyPaths, resolve_home
+    from normstudy.home import tracking_uri as resolve_tracking_uri
+    from normstudy.redact import redact
+    from normstudy.spec import SpecError, load_spec
+    from normstudy.storage import StorageError
+    from normstudy.tracking import sync_outbox
+
+    try:
+        paths = StudyPaths(resolve_home(home), study)
+        if not paths.spec_file.exists():
+            _fail(f"no study {study!r} in {paths.home} (run it first, or pass --home)")
+        spec = load_spec(paths.spec_file)
+        uri = resolve_tracking_uri(paths.home, tracking_uri)
+        result = sync_outbox(
+            uri=uri,
+            study=spec.name,
+            artifact_root=paths.artifacts,
+            state_file=paths.tracking_state,
+            timeout_s=timeout,
+        )
+    except (SpecError, StorageError) as e:
+        _fail(str(e))
+    for line in result.problems:
+        err.print(f"[yellow]not logged:[/yellow] {line}", highlight=False, soft_wrap=True)
+    out.print(
+        f"MLflow outbox of {study}: {result.sent} operations sent, {result.left} remain",
+        highlight=False,
+    )
+    if result.unreachable:
+        err.print(
+            f"the MLflow server at {redact(uri)} does not answer ({result.unreachable}); "
+            "run this again when it does",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if result.left:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sync-mlflow")(sync_mlflow)
