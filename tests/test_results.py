@@ -11,12 +11,12 @@ import pytest
 from normstudy.results import (
     BASE_SCHEMA,
     ResultsSink,
-    _sink,
     flatten_config,
     make_row,
     read_results,
     trial_scores,
 )
+from normstudy.storage import _location
 
 CONFIG = {"train": {"lr": 0.1, "epochs": 3, "nesterov": True}, "model": {"name": "resnet18"}}
 
@@ -94,11 +94,10 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp_file(
     sink.update("t1", rows("t1", [0.5]), "running")
     before = sink.load("t1")
 
-    def crash(table: pa.Table, file) -> None:
-        file.write(b"PAR1 half a file")
+    def crash(fd: int) -> None:  # the data is written, but the flush to disk fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(_sink, "_write_parquet", crash)
+    monkeypatch.setattr(_location.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         sink.update("t1", rows("t1", [0.5, 0.6]), "running")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.parquet"]

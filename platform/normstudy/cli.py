@@ -25,8 +25,12 @@ out = Console()
 err = Console(stderr=True)
 
 HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Study home (default: $NORMSTUDY_HOME or ./studies)."),
+    str | None,
+    typer.Option(
+        "--home",
+        help="Study home: a folder, s3://bucket/prefix or gs://bucket/prefix "
+        "(default: $NORMSTUDY_HOME or ./studies).",
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -48,21 +52,44 @@ def _load(path: Path, overrides: list[str] | None):  # type: ignore[no-untyped-d
         _fail(str(e))
 
 
-def _study_spec(study: str, home: Path | None):  # type: ignore[no-untyped-def]
-    from normstudy.home import StudyPaths, resolve_home
-    from normstudy.spec import SpecError, load_spec
+def _home(home: str | None):  # type: ignore[no-untyped-def]
+    from normstudy.home import resolve_home
+    from normstudy.storage import StorageError
 
-    paths = StudyPaths(resolve_home(home), study)
-    if not paths.spec_file.exists():
-        _fail(f"no study {study!r} in {paths.home} (run it first, or pass --home)")
     try:
+        return resolve_home(home)
+    except StorageError as e:
+        _fail(f"--home: {e}")
+
+
+def _study_spec(study: str, home: str | None):  # type: ignore[no-untyped-def]
+    from normstudy.home import StudyPaths
+    from normstudy.spec import SpecError, load_spec
+    from normstudy.storage import StorageError
+
+    paths = StudyPaths(_home(home), study)
+    try:
+        if not paths.spec_file.exists():
+            _fail(f"no study {study!r} in {paths.home} (run it first, or pass --home)")
         return paths, load_spec(paths.spec_file)
     except SpecError as e:
+        _fail(str(e))
+    except StorageError as e:
         _fail(str(e))
 
 
 @app.command()
-def validate(path: Path, set_: SetOpt = None) -> None:
+def validate(
+    path: Path,
+    set_: SetOpt = None,
+    cluster: Annotated[
+        Path | None,
+        typer.Option(
+            help="A Ray cluster file (cluster.yaml, clusters/*.yaml): check it offline and "
+            "that one trial's resources fit one of its node types."
+        ),
+    ] = None,
+) -> None:
     """Check a study description; print what it would run. Exit 2 on a bad field."""
     from normstudy.search._space import num_trials
 
@@ -74,6 +101,27 @@ def validate(path: Path, set_: SetOpt = None) -> None:
     )
     for key, dist in spec.search.space.items():
         out.print(f"  {key}: {dist.model_dump(exclude_defaults=False)}", highlight=False)
+    if cluster is not None:
+        _check_cluster(cluster, {"cpus": spec.resources.cpus, "gpus": spec.resources.gpus})
+
+
+def _check_cluster(path: Path, resources: dict[str, float]) -> None:
+    # `validate --cluster`: Ray's own offline checks of the file, then whether a trial fits.
+    from normstudy.cluster import (
+        ClusterConfigError,
+        check_fits,
+        describe_node_types,
+        fitting_node_types,
+        load_cluster_config,
+    )
+
+    try:
+        config = load_cluster_config(path)
+        check_fits(resources, config, path)
+    except ClusterConfigError as e:
+        _fail(str(e))
+    fits = describe_node_types(fitting_node_types(resources, config))
+    out.print(f"fits node types: {fits}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -90,21 +138,42 @@ def run(
         typer.Option(help="MLflow server (default: $MLFLOW_TRACKING_URI or HOME's store)."),
     ] = None,
     top: Annotated[int, typer.Option(help="Rows of the final table.")] = 10,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="KEY=value lines (MLflow URI and credentials) loaded into the environment "
+            "first; `normstudy submit` ships one so that no secret shows in job listings."
+        ),
+    ] = None,
 ) -> None:
     """Run a study end to end (local Ray unless RAY_ADDRESS is set), then print the best."""
-    from normstudy.home import resolve_home
+    if env_file is not None:
+        from normstudy.cluster._submit import SubmitError, load_env_file
 
+        try:
+            load_env_file(env_file)
+        except (OSError, SubmitError) as e:
+            _fail(f"--env-file: {e}")
     spec = _load(path, set_)
     if resume and overwrite:
         _fail("--resume and --overwrite exclude each other")
-    from normstudy.search import StudyStateError, run_study
+    if env_file is not None:
+        # A Ray job runs in an unpacked working_dir that Ray may clean up before the job ends:
+        # resolve paths first, then leave it.
+        from normstudy.home import cache_dir
 
-    home_dir = resolve_home(home)
+        spec = spec.with_absolute_paths()
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        os.chdir(cache_dir())
+    from normstudy.search import StudyStateError, run_study
+    from normstudy.storage import StorageError
+
+    home_dir = _home(home)
     try:
         outcome = run_study(
             spec, home_dir, out, resume=resume, overwrite=overwrite, tracking=tracking_uri
         )
-    except StudyStateError as e:
+    except (StudyStateError, StorageError) as e:
         _fail(str(e))
     if outcome.tracking_failures:
         err.print(
@@ -113,8 +182,22 @@ def run(
         )
         for line in outcome.tracking_failures[:5]:
             err.print(f"  {line}", highlight=False)
+        err.print(
+            "  what waits in the outbox is sent on --resume or by: normstudy sync-mlflow "
+            f"{spec.name}" + (f" --home {home_dir}" if home else ""),
+            highlight=False,
+        )
     _print_best(spec, outcome.paths, top, "table")
-    out.print(f"results: {outcome.paths.results}\nMLflow UI: normstudy ui --home {home_dir}")
+    out.print(f"results: {outcome.paths.results}")
+    if outcome.interrupted:
+        err.print(
+            f"[yellow]interrupted[/yellow] — resume with: normstudy run {path} --resume"
+            + (f" --home {home_dir}" if home else ""),
+            highlight=False,
+        )
+        raise typer.Exit(130)
+    if home_dir.is_local and not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        out.print(f"MLflow UI: normstudy ui --home {home_dir}")
     if outcome.errored:
         _fail(f"{len(outcome.errored)} trials failed: {', '.join(outcome.errored)}", code=1)
 
@@ -203,10 +286,16 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
 ) -> None:
-    """Serve the MLflow UI on the study home's store."""
-    from normstudy.home import local_tracking_uri, resolve_home
+    """Serve the MLflow UI on the study home's store (a local home; a cluster's server has
+    its own UI)."""
+    from normstudy.home import local_tracking_uri
 
-    home_dir = resolve_home(home)
+    home_dir = _home(home)
+    if not home_dir.is_local:
+        _fail(
+            f"{home_dir} is a remote home: its runs are on the cluster's MLflow server "
+            "(forward its port: ray attach cluster.yaml -p 5000, then http://127.0.0.1:5000)"
+        )
     if not (home_dir / "mlflow.db").exists():
         _fail(f"no MLflow store in {home_dir} (run a study first, or pass --home)")
     mlflow = Path(sys.executable).with_name("mlflow")
@@ -216,7 +305,7 @@ def ui(
         "--backend-store-uri",
         local_tracking_uri(home_dir),
         "--artifacts-destination",
-        (home_dir / "mlartifacts").as_uri(),
+        (home_dir / "mlartifacts").local_path.as_uri(),
         "--host",
         host,
         "--port",
@@ -264,9 +353,11 @@ def _type_name(annotation: object) -> str:
 
 
 def _register_extra_commands() -> None:
-    from normstudy.cli_diagnostics import register
+    from normstudy import cli_cluster, cli_diagnostics, cli_tracking
 
-    register(app)
+    cli_diagnostics.register(app)
+    cli_cluster.register(app)
+    cli_tracking.register(app)
 
 
 _register_extra_commands()

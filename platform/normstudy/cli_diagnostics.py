@@ -127,7 +127,7 @@ def measure_bn_noise_command(
         _fail(f"no study {study!r} in {paths.home} (run it first, or pass --home)")
     try:
         spec = load_spec(paths.spec_file)
-        trial_dir = find_trial_dir(paths.tune, trial)
+        trial_dir = find_trial_dir(paths.tune.local_path, trial)
         config, checkpoint = trial_config(spec, trial_dir), latest_checkpoint(trial_dir)
     except (SpecError, TrialNotFoundError) as e:
         _fail(str(e))

@@ -5,6 +5,7 @@ Imports neither torch nor ray (and scipy only when a test runs), so `best` and `
 """
 
 from normstudy.report._best import best_table
+from normstudy.report._progress import Progress, study_progress
 from normstudy.report._render import ReportTable, render
 from normstudy.report._stats import (
     ConfigGroup,
@@ -20,12 +21,14 @@ __all__ = [
     "ALPHA",
     "ConfigGroup",
     "MeanStd",
+    "Progress",
     "ReportTable",
     "best_table",
     "find_baseline",
     "group_by_config",
     "paired_pvalue",
     "render",
+    "study_progress",
     "summary_tables",
     "varying_keys",
     "write_report",

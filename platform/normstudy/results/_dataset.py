@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from normstudy.results._schema import BASE_SCHEMA, concat_promoted
+from normstudy.storage import Location, as_location
 
 Mode = Literal["max", "min"]
 
 
-def read_results(results_dir: str | Path) -> pa.Table:
+def read_results(results_dir: str | Path | Location) -> pa.Table:
     """All trial files of a results directory as one table.
 
     Trials may have different config or metric columns: a column a trial lacks is null in its
@@ -29,10 +31,21 @@ def read_results(results_dir: str | Path) -> pa.Table:
         Rows ordered by trial file name then epoch; an empty table with the base columns
         when there are no trials.
     """
-    directory = Path(results_dir)
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-    tables = [pq.read_table(f) for f in files if not f.name.startswith(".")]
+    directory = as_location(results_dir)
+    tables = [t for f in directory.files(".parquet") if (t := _read_file(f)) is not None]
     return concat_promoted([BASE_SCHEMA.empty_table(), *tables])
+
+
+def _read_file(file: Location) -> pa.Table | None:
+    # One GET, then parse: reading an object store's file in ranged parts could mix the old
+    # and the new version of a file the driver replaces meanwhile.
+    try:
+        return pq.read_table(pa.BufferReader(file.read_bytes()))
+    except FileNotFoundError:  # replaced or deleted between listing and reading
+        return None
+    except (pa.ArrowInvalid, OSError) as e:
+        warnings.warn(f"{file}: not a readable Parquet file ({e}); left out", stacklevel=3)
+        return None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ _LEADING = [
     pa.field("seed", pa.int64()),
     pa.field("epoch", pa.int64()),
     pa.field("status", pa.string()),
+    pa.field("node", pa.string()),
 ]
 _META = [
     pa.field("meta.version", pa.string()),

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from normstudy.results._schema import STATUSES, rows_to_table, scalar
+from normstudy.storage import Location, as_location
 
 # A trial id becomes a file name; anything that could escape the directory or hide the
 # file (a leading dot marks temp files) is refused.
@@ -45,10 +43,10 @@ class ResultsSink:
         >>> sink.update("t1", [row], "running")  # doctest: +SKIP
     """
 
-    def __init__(self, results_dir: str | Path) -> None:
-        self.results_dir = Path(results_dir)
+    def __init__(self, results_dir: str | Path | Location) -> None:
+        self.results_dir = as_location(results_dir)
 
-    def path(self, trial_id: str) -> Path:
+    def path(self, trial_id: str) -> Location:
         """The trial's Parquet file (it may not exist yet)."""
         if not _TRIAL_ID.match(trial_id):
             raise ValueError(f"trial_id {trial_id!r} is not usable as a file name")
@@ -56,10 +54,13 @@ class ResultsSink:
 
     def load(self, trial_id: str) -> list[dict[str, Any]]:
         """The trial's stored rows, ordered by epoch; [] if it has none."""
-        path = self.path(trial_id)
-        return pq.read_table(path).to_pylist() if path.exists() else []
+        try:
+            data = self.path(trial_id).read_bytes()
+        except FileNotFoundError:
+            return []
+        return pq.read_table(pa.BufferReader(data)).to_pylist()
 
-    def update(self, trial_id: str, rows: Sequence[Mapping[str, Any]], status: str) -> Path:
+    def update(self, trial_id: str, rows: Sequence[Mapping[str, Any]], status: str) -> Location:
         """Merges ``rows`` into the trial's file (newest row per epoch wins) and sets its status.
 
         Args:
@@ -86,8 +87,7 @@ class ResultsSink:
         for row in merged.values():
             row["status"] = status
         table = rows_to_table([merged[epoch] for epoch in sorted(merged)])
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(table, path)
+        path.write_bytes(_parquet_bytes(table))
         return path
 
 
@@ -101,33 +101,7 @@ def _checked(row: Mapping[str, Any], trial_id: str) -> dict[str, Any]:
     return new
 
 
-def _write_parquet(table: pa.Table, file: IO[bytes]) -> None:
-    pq.write_table(table, file)
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    # Readers (report, a concurrent `status`) see the old file or the new one, never a
-    # partial one: write beside it, flush to disk, then rename over it.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide results from others
-            _write_parquet(table, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; some file systems cannot open directories.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return bytes(buffer.getvalue().to_pybytes())

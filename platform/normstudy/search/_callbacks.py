@@ -11,12 +11,11 @@ from ray.tune import Callback
 from normstudy.spec import resolve_config
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from ray.tune.experiment import Trial
     from rich.console import Console
 
     from normstudy.results import ResultsSink
+    from normstudy.storage import Location
     from normstudy.tracking import StudyTracker
 
 # Keys of a Tune result that are our metrics: "group/name" plus these.
@@ -57,7 +56,7 @@ class StudyCallback(_NotPickled, Callback):
         tracker: StudyTracker | None,
         meta: dict[str, str],
         score_keys: list[str],
-        artifacts_dir: Path,
+        artifacts_dir: Location,
         variants: dict[str, dict[str, dict[str, Any]]],
     ) -> None:
         self.artifacts_dir, self.variants = artifacts_dir, variants
@@ -66,6 +65,11 @@ class StudyCallback(_NotPickled, Callback):
         self.score_keys = score_keys
         self.last_epoch: dict[str, int] = {}
         self.status: dict[str, str] = {}
+        self._node: dict[str, str] = {}
+        # Epochs are delivered at least once: a trial restored after a lost node or driver may
+        # redo an epoch whose row exists. Parquet replaces the row; MLflow must not get a
+        # second point for the step, so each trial's highest logged epoch is remembered.
+        self._logged = _logged_epochs(sink)
 
     def _config(self, trial: Trial) -> dict[str, Any]:
         return resolve_config(self.base, dict(trial.config), self.variants)
@@ -95,6 +99,7 @@ class StudyCallback(_NotPickled, Callback):
             "trial_id": trial.trial_id,
             "seed": int(config["seed"]),
             "epoch": epoch,
+            "node": result.get("node_id"),
             **flatten_config(config),
             **metrics,
             **{f"meta.{k}": v for k, v in self.meta.items()},
@@ -102,18 +107,21 @@ class StudyCallback(_NotPickled, Callback):
         self.sink.update(trial.trial_id, [row], status="running")
         self.last_epoch[trial.trial_id] = epoch
         if self.tracker:
-            self.tracker.trial_result(trial.trial_id, metrics, step=epoch)
+            node = result.get("node_id")
+            if node and self._node.get(trial.trial_id) != node:
+                self._node[trial.trial_id] = node
+                self.tracker.trial_tags(trial.trial_id, {"normstudy.node_id": str(node)})
+            if epoch > self._logged.get(trial.trial_id, 0):
+                self.tracker.trial_result(trial.trial_id, metrics, step=epoch)
+                self._logged[trial.trial_id] = epoch
         files = result.get("artifacts")
         if isinstance(files, dict) and files:
             self._save_artifacts(trial.trial_id, files)
 
     def _save_artifacts(self, trial_id: str, files: dict[str, str]) -> None:
         folder = self.artifacts_dir / trial_id
-        folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
-            tmp = folder / f".{name}.tmp"
-            tmp.write_text(str(text))
-            tmp.replace(folder / name)
+            (folder / name).write_text(str(text))
         if self.tracker:
             self.tracker.trial_artifacts(trial_id, {k: str(v) for k, v in files.items()})
 
@@ -139,6 +147,17 @@ class StudyCallback(_NotPickled, Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self._end(trial, "error", "FAILED")
+
+
+def _logged_epochs(sink: ResultsSink) -> dict[str, int]:
+    """Each trial's highest epoch in the results (what the tracker was given before)."""
+    from normstudy.results import read_results
+
+    table = read_results(sink.results_dir).select(["trial_id", "epoch"]).to_pylist()
+    logged: dict[str, int] = {}
+    for row in table:
+        logged[row["trial_id"]] = max(logged.get(row["trial_id"], 0), int(row["epoch"]))
+    return logged
 
 
 class LiveView(_NotPickled, Callback):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
-import shutil
+import signal
+import threading
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -14,11 +16,12 @@ import yaml
 from normstudy.home import StudyPaths, git_revision, tracking_uri
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Iterator
 
     from rich.console import Console
 
     from normstudy.spec import StudySpec
+    from normstudy.storage import Location
 
 
 class StudyStateError(RuntimeError):
@@ -31,6 +34,7 @@ class StudyOutcome:
     num_trials: int
     errored: list[str]
     tracking_failures: list[str]
+    interrupted: bool = False
 
 
 def _objectives(spec: StudySpec) -> list[tuple[str, str]]:
@@ -39,8 +43,8 @@ def _objectives(spec: StudySpec) -> list[tuple[str, str]]:
 
 def _prepare_folder(spec: StudySpec, paths: StudyPaths, resume: bool, overwrite: bool) -> None:
     resolved = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    if paths.root.exists() and overwrite:
-        shutil.rmtree(paths.root)
+    if overwrite and paths.root.exists():
+        paths.root.delete()
     if resume:
         if not paths.spec_file.exists():
             raise StudyStateError(
@@ -58,10 +62,8 @@ def _prepare_folder(spec: StudySpec, paths: StudyPaths, resume: bool, overwrite:
             f"study {spec.name!r} already exists in {paths.home}: pass --resume to continue it, "
             "--overwrite to start it again, or choose another --home"
         )
-    paths.results.mkdir(parents=True, exist_ok=True)
-    tmp = paths.spec_file.with_suffix(".tmp")
-    tmp.write_text(resolved)
-    tmp.replace(paths.spec_file)
+    paths.results.mkdir()
+    paths.spec_file.write_text(resolved)
 
 
 def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
@@ -69,9 +71,11 @@ def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from normstudy.search._optuna_store import pull, storage_url
     from normstudy.search._space import define_by_run, make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pull(spec, paths)
     metrics = [f"best/{m}" for m in spec.search.metrics]
     space = {k: d.model_dump(mode="json") for k, d in spec.search.space.items()}
     single = len(metrics) == 1
@@ -81,7 +85,7 @@ def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
         mode=spec.search.modes[0] if single else list[str](spec.search.modes),
         sampler=make_sampler(spec),
         study_name=spec.name,
-        storage=optuna.storages.RDBStorage(paths.optuna_url),
+        storage=optuna.storages.RDBStorage(storage_url(spec, paths)),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
 
@@ -103,17 +107,23 @@ def _scheduler(spec: StudySpec) -> Any:
 
 
 def _init_ray() -> None:
+    """A Ray job (or a user with ``RAY_ADDRESS``) reaches its cluster, token auth as the cluster
+    has it; otherwise a fresh local instance for this study alone, which needs no token."""
     import ray
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Tune's own console output would interleave with our live view: keep it quiet.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Reach an existing cluster when RAY_ADDRESS is set (a Ray job); else start a local one.
+    # Parquet and MLflow hold the results: Tune's CSV/JSON/TensorBoard loggers would only
+    # duplicate them, and tensorboardX imports torch into the driver, which needs none.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
-        address=os.environ.get("RAY_ADDRESS"),
-        include_dashboard=False,
+        address=address or "local",
+        include_dashboard=False if address is None else None,
         log_to_driver=False,
         configure_logging=True,
         logging_level=logging.ERROR,
@@ -122,7 +132,7 @@ def _init_ray() -> None:
 
 def run_study(
     spec: StudySpec,
-    home: Path,
+    home: Location,
     console: Console,
     *,
     resume: bool = False,
@@ -134,7 +144,7 @@ def run_study(
 
     spec = spec.with_absolute_paths()
     paths = StudyPaths(home, spec.name)
-    created = overwrite or not paths.root.exists()
+    created = overwrite or not paths.spec_file.exists()
     _prepare_folder(spec, paths, resume, overwrite)
     total = num_trials(spec)
     console.print(
@@ -149,14 +159,50 @@ def run_study(
         tuner = _tuner(spec, paths, _callbacks(spec, paths, tracker, console, total), resume)
     except BaseException:
         if created and not resume:  # nothing ran: leave no half-made study behind
-            shutil.rmtree(paths.root, ignore_errors=True)
+            paths.root.delete()
         raise
-    grid = tuner.fit()
+    with _graceful_stop():
+        grid = tuner.fit()
     results = [grid[i] for i in range(len(grid))]
     errored = [(r.metrics or {}).get("trial_id", "?") for r in results if r.error is not None]
-    tracker.study_ended(_best_summary(spec, paths), status="FAILED" if errored else "FINISHED")
+    unfinished = _unfinished(paths)
+    interrupted = bool(unfinished) or len(grid) < total
+    for trial_id in unfinished:  # they resume with --resume; until then MLflow says so
+        tracker.trial_ended(trial_id, {}, "KILLED")
+    status = "KILLED" if interrupted else "FAILED" if errored else "FINISHED"
+    tracker.study_ended(_best_summary(spec, paths), status=status)
     failures = tracker.close(float(os.environ.get("NORMSTUDY_TRACKING_FLUSH_S", "60")))
-    return StudyOutcome(paths, len(grid), errored, failures)
+    return StudyOutcome(paths, len(grid), errored, failures, interrupted)
+
+
+@contextlib.contextmanager
+def _graceful_stop() -> Iterator[None]:
+    """SIGTERM (`ray job stop`, a batch scheduler) stops the study as Ctrl-C does: Tune's own
+    SIGINT handler, installed while ``fit()`` runs, saves the experiment state and returns."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _unfinished(paths: StudyPaths) -> list[str]:
+    """Trials whose results are still 'running' (the study was stopped before they ended)."""
+    from normstudy.results import read_results
+
+    table = read_results(paths.results).select(["trial_id", "status"]).to_pylist()
+    return sorted({r["trial_id"] for r in table if r["status"] == "running"})
 
 
 def _check_resources(spec: StudySpec) -> None:
@@ -200,6 +246,7 @@ def _callbacks(
     from normstudy import __version__
     from normstudy.results import ResultsSink
     from normstudy.search._callbacks import LiveView, StudyCallback
+    from normstudy.search._optuna_store import OptunaSync
 
     score_keys = [f"best/{m}" for m in spec.search.metrics]
     return [
@@ -215,6 +262,7 @@ def _callbacks(
             variants=spec.variants,
         ),
         LiveView(console, total, score_keys[0], spec.search.modes[0]),
+        OptunaSync(spec, paths),
     ]
 
 
@@ -233,8 +281,8 @@ def _tuner(spec: StudySpec, paths: StudyPaths, callbacks: list[Any], resume: boo
         ),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
-    if resume and tune.Tuner.can_restore(str(paths.tune)):
-        tuner = tune.Tuner.restore(str(paths.tune), trainable=trainable, resume_errored=True)
+    if resume and tune.Tuner.can_restore(paths.tune.uri):
+        tuner = tune.Tuner.restore(paths.tune.uri, trainable=trainable, resume_errored=True)
         # Callbacks hold threads and consoles and are pickled empty: give them anew.
         assert tuner._local_tuner is not None
         tuner._local_tuner.get_run_config().callbacks = callbacks
@@ -248,7 +296,9 @@ def _tuner(spec: StudySpec, paths: StudyPaths, callbacks: list[Any], resume: boo
         ),
         run_config=tune.RunConfig(
             name=paths.tune.name,
-            storage_path=str(paths.root),
+            # A shared home (s3://, gs://, NFS) is what lets trials on other nodes save and
+            # restore checkpoints: Ray refuses a driver-local path across nodes.
+            storage_path=paths.root.uri,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from normstudy.spec._model import StudySpec
+from normstudy.storage import Location
 
 
 class SpecError(ValueError):
@@ -125,16 +126,34 @@ def validate_data(data: Any, source: str = "<spec>") -> StudySpec:
         raise SpecError(source, _explain(err)) from None
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
-    """Load and validate a study description, applying ``dotted.key=value`` overrides first."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(str(path), ["no such file"])
+def _read(path: str | Path | Location) -> tuple[str, str]:
+    """The file's text and its name for messages; a study in a remote home is a `Location`."""
+    if isinstance(path, Location):
+        try:
+            return path.read_bytes().decode("utf-8"), path.uri
+        except FileNotFoundError:
+            raise SpecError(path.uri, ["no such file"]) from None
+        except UnicodeDecodeError as err:
+            raise SpecError(path.uri, [f"not UTF-8 text ({err})"]) from None
+    local = Path(path)
+    if not local.is_file():
+        raise SpecError(str(local), ["no such file"])
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return local.read_text(encoding="utf-8"), str(local)
+    except UnicodeDecodeError as err:
+        raise SpecError(str(local), [f"not UTF-8 text ({err}); save the file as UTF-8"]) from None
+
+
+def load_spec(
+    path: str | Path | Location, overrides: list[str] | tuple[str, ...] = ()
+) -> StudySpec:
+    """Load and validate a study description, applying ``dotted.key=value`` overrides first."""
+    text, source = _read(path)
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise SpecError(str(path), [f"not valid YAML: {err}"]) from None
+        raise SpecError(source, [f"not valid YAML: {err}"]) from None
     if isinstance(data, dict):
-        for text in overrides:
-            apply_override(data, *parse_override(text))
-    return validate_data(data, str(path))
+        for item in overrides:
+            apply_override(data, *parse_override(item))
+    return validate_data(data, source)

@@ -175,6 +175,29 @@ class SearchSpec(Strict):
     """tpe/cmaes: random trials before the model kicks in (default: Optuna's)."""
     space: dict[str, Distribution] = Field(default_factory=dict)
     """Dotted config keys (``train.lr``, ``plugins.gamma_init.value``) -> distributions."""
+    storage: str | None = None
+    """Optuna RDB URL (e.g. ``postgresql://optuna@head:5432/optuna``); default: sqlite in the
+    study folder (for s3:// and gs:// homes, a working copy synced to it after each trial).
+    Passwords never go in the URL: use PGPASSWORD or ~/.pgpass on the driver."""
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+            raise ValueError(
+                f"search.storage {value!r} is not an RDB URL: use sqlite:///PATH, "
+                "postgresql://USER@HOST/DB or mysql://USER@HOST/DB"
+            )
+        if ":" in rest.split("@", 1)[0] and "@" in rest:
+            raise ValueError(
+                "search.storage holds a password: leave it out of the URL (it would be stored "
+                "in study.yaml) and give it through PGPASSWORD / ~/.pgpass (or MySQL's option "
+                "files) on the driver"
+            )
+        return value
 
     @property
     def metrics(self) -> list[str]:

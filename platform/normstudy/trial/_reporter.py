@@ -48,11 +48,17 @@ class TuneReporter:
             return load_state(Path(folder))
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        import ray
         from ray import tune
 
+        # The node the epoch ran on: results show where each trial ran (and moved after a node
+        # was lost); host names and IPs do not tell nodes of one machine apart.
+        node = ray.get_runtime_context().get_node_id()
         with tempfile.TemporaryDirectory() as folder:
             save_state(Path(folder), state)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(
+                {**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(folder)
+            )
 
 
 def save_state(folder: Path, state: dict[str, Any]) -> None:

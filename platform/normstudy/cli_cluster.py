@@ -1,0 +1,160 @@
+"""Cluster commands (``register(app)`` adds them): ``submit`` a study as a Ray job, ``status``.
+
+Ray and MLflow are imported inside the commands, so ``normstudy --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    from normstudy.redact import redact
+
+    err.print(f"[bold red]error:[/bold red] {redact(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def submit(
+    path: Annotated[str, typer.Argument(help="The study description (YAML).")],
+    address: Annotated[
+        str,
+        typer.Option(
+            envvar="RAY_ADDRESS",
+            help="The cluster's dashboard / Jobs API, e.g. http://127.0.0.1:8265 "
+            "(forwarded by `ray dashboard cluster.yaml`).",
+        ),
+    ],
+    home: Annotated[
+        str | None,
+        typer.Option(help="Study home shared by the cluster: s3://..., gs://... or an NFS path."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: dotted.key=value.")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="The cluster's MLflow server as both the driver and this machine reach it "
+            "(default: $MLFLOW_TRACKING_URI).",
+        ),
+    ] = None,
+    follow_: Annotated[bool, typer.Option("--follow", help="Stream the job's logs.")] = False,
+) -> None:
+    """Validate a study here, then run it on a Ray cluster as a job (an existing study
+    resumes). Credentials come from this machine's environment, never from the YAML."""
+    import os
+
+    from normstudy.cluster._submit import SubmitError, check_tracking, follow, submit_study
+    from normstudy.home import StudyPaths, resolve_home
+    from normstudy.spec import SpecError, load_spec
+    from normstudy.storage import StorageError
+
+    try:
+        spec = load_spec(path, set_ or [])
+    except SpecError as e:
+        _fail(str(e))
+    try:
+        paths = StudyPaths(resolve_home(home), spec.name)
+    except StorageError as e:
+        _fail(f"--home: {e}")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not paths.home.is_local and not uri:
+        _fail(
+            "a study on a cluster logs to the head node's MLflow server: pass --tracking-uri "
+            "(e.g. http://127.0.0.1:5000 through `ray attach cluster.yaml -p 5000`) or set "
+            "MLFLOW_TRACKING_URI"
+        )
+    try:
+        if uri:
+            check_tracking(uri)
+        submission = submit_study(spec, paths, address=address, tracking_uri=uri)
+    except (SubmitError, StorageError) as e:
+        _fail(str(e))
+    verb = "resumes" if submission.resumed else "runs"
+    out.print(f"submitted {submission.submission_id}: {verb} {spec.name} in {paths.home}")
+    out.print(f"follow it: ray job logs --follow {submission.submission_id} --address {address}")
+    if follow_:
+        status = follow(address, submission.submission_id, lambda t: sys.stdout.write(t))
+        out.print(f"job {submission.submission_id}: {status}")
+        if status != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+def status(
+    study: Annotated[str | None, typer.Argument(help="One study (default: all).")] = None,
+    home: Annotated[
+        str | None, typer.Option(help="Study home (default: $NORMSTUDY_HOME or ./studies).")
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """The studies of a home: trials done / running / stopped / failed, best so far, job."""
+    import json
+
+    from rich.table import Table
+
+    from normstudy.cluster._submit import job_state
+    from normstudy.home import StudyPaths, list_studies, resolve_home
+    from normstudy.report import study_progress
+    from normstudy.spec import SpecError, load_spec
+    from normstudy.storage import StorageError
+
+    try:
+        home_loc = resolve_home(home)
+        names = [study] if study else list_studies(home_loc)
+    except StorageError as e:
+        _fail(str(e))
+    if study and not (home_loc / study / "study.yaml").exists():
+        _fail(f"no study {study!r} in {home_loc} (pass --home)")
+    if format_ not in ("table", "json"):
+        _fail(f"--format must be table or json, got {format_!r}")
+    records: list[dict[str, Any]] = []
+    for name in names:
+        paths = StudyPaths(home_loc, name)
+        try:
+            spec = load_spec(paths.spec_file)
+            metric = spec.search.metrics[0]
+            p = study_progress(paths.results, metric, spec.search.modes[0])
+        except (SpecError, StorageError, ValueError) as e:
+            records.append({"study": name, "error": str(e)})
+            continue
+        records.append(
+            {
+                "study": name,
+                "trials": p.trials,
+                **{k: p.counts.get(s, 0) for k, s in _COUNTS.items()},
+                "metric": metric,
+                "best": p.best,
+                "job": job_state(paths),
+            }
+        )
+    if format_ == "json":
+        out.print_json(json.dumps(records))
+        return
+    if not records:
+        out.print(f"no studies in {home_loc}")
+        return
+    table = Table("study", "trials", *_COUNTS, "best", "job")
+    for r in records:
+        if "error" in r:
+            table.add_row(r["study"], "?", *[""] * len(_COUNTS), r["error"][:60], "")
+            continue
+        best = f"{r['best']:.4f} ({r['metric']})" if r["best"] is not None else "-"
+        counts = [str(r[k]) for k in _COUNTS]
+        table.add_row(r["study"], str(r["trials"]), *counts, best, r["job"])
+    out.print(table)
+
+
+_COUNTS = {"done": "completed", "running": "running", "stopped": "stopped", "failed": "error"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(submit)
+    app.command()(status)
