@@ -111,7 +111,7 @@ def test_update_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="file name"):
         sink.update("../t1", [], "running")
     with pytest.raises(ValueError, match="epoch"):
-        sink.update("t1", [{"epoch": 0}], "running")
+        sink.update("t1", [{"epoch": -1}], "running")
     with pytest.raises(ValueError, match="trial 't2'"):
         sink.update("t1", rows("t2", [0.5]), "running")
     with pytest.raises(TypeError, match="val/acc"):

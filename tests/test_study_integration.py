@@ -357,3 +357,45 @@ def test_dead_tracking_server_never_stalls_or_fails_the_study(
         silent.close()
         for conn in held:
             conn.close()
+
+
+def test_a_trial_failing_before_its_first_epoch_is_a_result(
+    tmp_path: Path, quickstart: Path
+) -> None:
+    """A corrupt image in the dataset fails the trial while it loads its data, in every
+    attempt: the trial still has a row (status error, the error, the attempts) that `best` and
+    `report` show."""
+    import json
+
+    from PIL import Image
+
+    data = tmp_path / "images"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (60 * i, 100 if label == "a" else 0, 0)).save(
+                data / label / f"{i}.png"
+            )
+    (data / "b" / "broken.png").write_bytes(b"not a png at all")
+    home = tmp_path / "home"
+    proc = _normstudy(
+        "run", str(quickstart), "--home", str(home), *FAST,
+        "--set", "search.num_samples=1", "--set", "dataset.name=imagefolder",
+        "--set", f"dataset.path={data}", "--set", "failure.max_retries=1",
+    )  # fmt: skip
+    assert proc.returncode == 1 and "1 trials failed" in proc.stderr, proc.stderr[-3000:]
+    (row,) = _rows(home, "quickstart")
+    assert row["status"] == "error" and row["epoch"] == 0 and row["attempts"] == 2
+    assert "broken.png" in row["error"] or "UnidentifiedImageError" in row["error"]
+    best = _normstudy("best", "quickstart", "--home", str(home), "--format", "json")
+    assert best.returncode == 0, best.stderr
+    (record,) = json.loads(best.stdout)
+    assert record["status"] == "error" and record["error"] == row["error"]
+    assert record["score"] is None and record["attempts"] == 2
+    report = _normstudy(
+        "report", "quickstart", "--home", str(home), "--format", "csv",
+        "--out", str(tmp_path / "rep"),
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    trials_csv = next((tmp_path / "rep").glob("*trials*.csv")).read_text()
+    assert "error" in trials_csv and row["trial_id"] in trials_csv

@@ -43,13 +43,15 @@ def best_table(
     from rich.console import Console
     from rich.table import Table
 
+    errors = ["error"] if any(s.error for s in shown) else []
     table = Table(box=box.SIMPLE_HEAD)
-    for name in ["#", "trial", "seed", "status", "score", "best epoch", *keys, *tests]:
+    for name in ["#", "trial", "seed", "status", "score", "best epoch", *keys, *tests, *errors]:
         table.add_column(name)
     for rank, s in enumerate(shown, 1):
         cells = [rank, s.trial_id, s.seed, s.status, s.score, s.best_epoch]
         texts = [_plain(c) for c in cells] + [_plain(s.config.get(k), verbatim=True) for k in keys]
-        table.add_row(*texts, *(_plain(s.test.get(k)) for k in tests))
+        failed = [(s.error or "")[:80]] if errors else []
+        table.add_row(*texts, *(_plain(s.test.get(k)) for k in tests), *failed)
     buffer = io.StringIO()
     # Wide enough never to wrap: the caller's terminal, not rich, decides.
     Console(file=buffer, width=1000, color_system=None).print(table)
@@ -65,6 +67,8 @@ def _record(score: TrialScore, keys: list[str], tests: list[str]) -> dict[str, A
         "best_epoch": score.best_epoch,
         "config": {k: score.config.get(k) for k in keys},
         "test": {k: _finite(score.test.get(k)) for k in tests},
+        "attempts": score.attempts,
+        "error": score.error,
     }
 
 

@@ -111,12 +111,14 @@ def _trials_table(
 ) -> ReportTable:
     keys = varying_keys(s.config for s in scores)
     score_col = f"best {metric}"
+    errors = ["error"] if any(s.error for s in scores) else []  # failed trials are results too
     rows = [
         [s.trial_id, s.seed, s.status, *(s.config.get(k) for k in keys), s.score, s.best_epoch]
         + [s.test.get(c) for c in tests]
+        + ([s.error] if errors else [])
         for s in scores
     ]
-    columns = ["trial", "seed", "status", *keys, score_col, "best epoch", *tests]
+    columns = ["trial", "seed", "status", *keys, score_col, "best epoch", *tests, *errors]
     caption = (
         f"{study}: trials ranked by {score_col} (best over epochs); test metrics of the model "
         f"selected at the best epoch. {_CONVENTION}"

@@ -61,6 +61,8 @@ class TrialScore:
         epochs: Number of epochs reported.
         config: Its config as dotted keys without the ``config.`` prefix; nulls left out.
         test: Its non-null ``test/*`` metrics (reported once, for the best-validation model).
+        attempts: How many times it ran (a retried trial ran more than once), once it ended.
+        error: Its last error as 'Type: message' when its status is 'error'.
     """
 
     trial_id: str
@@ -71,6 +73,8 @@ class TrialScore:
     epochs: int
     config: dict[str, Any] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
+    attempts: int | None = None
+    error: str | None = None
 
 
 def trial_scores(table: pa.Table, metric: str, mode: Mode) -> list[TrialScore]:
@@ -86,10 +90,13 @@ def trial_scores(table: pa.Table, metric: str, mode: Mode) -> list[TrialScore]:
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     if table.num_rows and metric not in table.column_names:
         metrics = [n for n in table.column_names if "/" in n]
-        raise ValueError(f"no metric {metric!r} in the results; they have {metrics}")
+        if metrics:
+            raise ValueError(f"no metric {metric!r} in the results; they have {metrics}")
+        # No trial reported an epoch yet (e.g. every one failed first): none has a score.
+        table = table.append_column(metric, pa.nulls(table.num_rows, pa.float64()))
     config_cols = [n for n in table.column_names if n.startswith("config.")]
     test_cols = [n for n in table.column_names if n.startswith("test/")]
-    wanted = ["trial_id", "seed", "status", "epoch", *config_cols, *test_cols]
+    wanted = ["trial_id", "seed", "status", "epoch", "attempts", "error", *config_cols, *test_cols]
     data = table.select(list(dict.fromkeys([*wanted, metric] if table.num_rows else wanted)))
     columns = data.to_pydict()
     rows_of: dict[str, list[int]] = {}
@@ -141,6 +148,8 @@ def _score(
         epochs=len(rows),
         config=config,
         test={n: v for n in test_cols if (v := _last(columns[n], rows)) is not None},
+        attempts=_last(columns["attempts"], rows),
+        error=_last(columns["error"], rows),
     )
 
 

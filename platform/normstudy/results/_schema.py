@@ -18,6 +18,8 @@ _LEADING = [
     pa.field("epoch", pa.int64()),
     pa.field("status", pa.string()),
     pa.field("node", pa.string()),
+    pa.field("attempts", pa.int64()),
+    pa.field("error", pa.string()),
 ]
 _META = [
     pa.field("meta.version", pa.string()),

@@ -60,13 +60,21 @@ class ResultsSink:
             return []
         return pq.read_table(pa.BufferReader(data)).to_pylist()
 
-    def update(self, trial_id: str, rows: Sequence[Mapping[str, Any]], status: str) -> Location:
+    def update(
+        self,
+        trial_id: str,
+        rows: Sequence[Mapping[str, Any]],
+        status: str,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Location:
         """Merges ``rows`` into the trial's file (newest row per epoch wins) and sets its status.
 
         Args:
             trial_id: The trial; rows without a ``trial_id`` get this one.
-            rows: Rows in the results schema (see `make_row`), each with an int ``epoch`` >= 1.
+            rows: Rows in the results schema (see `make_row`), each with an int ``epoch`` >= 0
+                (0: the trial failed before it finished an epoch).
             status: One of running, completed, error, stopped; applied to every row of the trial.
+            fields: Per-trial values (``attempts``, ``error``) applied to every row like status.
 
         Returns:
             The path of the rewritten file.
@@ -86,6 +94,7 @@ class ResultsSink:
             merged[new["epoch"]] = new
         for row in merged.values():
             row["status"] = status
+            row.update(fields or {})
         table = rows_to_table([merged[epoch] for epoch in sorted(merged)])
         path.write_bytes(_parquet_bytes(table))
         return path
@@ -96,8 +105,8 @@ def _checked(row: Mapping[str, Any], trial_id: str) -> dict[str, Any]:
     if new.setdefault("trial_id", trial_id) != trial_id:
         raise ValueError(f"row of trial {new['trial_id']!r} given to trial {trial_id!r}")
     epoch = new.get("epoch")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-        raise ValueError(f"trial {trial_id!r}: epoch must be an int >= 1, got {epoch!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"trial {trial_id!r}: epoch must be an int >= 0, got {epoch!r}")
     return new
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from normstudy.redact import redact
 from normstudy.spec import resolve_config
 
 if TYPE_CHECKING:
@@ -74,6 +75,23 @@ class StudyCallback(_NotPickled, Callback):
     def _config(self, trial: Trial) -> dict[str, Any]:
         return resolve_config(self.base, dict(trial.config), self.variants)
 
+    def _row(
+        self, trial: Trial, epoch: int, metrics: dict[str, float], node: str | None
+    ) -> dict[str, Any]:
+        from normstudy.results import flatten_config
+
+        config = self._config(trial)
+        return {
+            "study": self.study,
+            "trial_id": trial.trial_id,
+            "seed": int(config["seed"]),
+            "epoch": epoch,
+            "node": node,
+            **flatten_config(config),
+            **metrics,
+            **{f"meta.{k}": v for k, v in self.meta.items()},
+        }
+
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
@@ -89,21 +107,10 @@ class StudyCallback(_NotPickled, Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        from normstudy.results import flatten_config
 
-        config = self._config(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = metrics_of(result)
-        row = {
-            "study": self.study,
-            "trial_id": trial.trial_id,
-            "seed": int(config["seed"]),
-            "epoch": epoch,
-            "node": result.get("node_id"),
-            **flatten_config(config),
-            **metrics,
-            **{f"meta.{k}": v for k, v in self.meta.items()},
-        }
+        row = self._row(trial, epoch, metrics, result.get("node_id"))
         self.sink.update(trial.trial_id, [row], status="running")
         self.last_epoch[trial.trial_id] = epoch
         if self.tracker:
@@ -125,9 +132,16 @@ class StudyCallback(_NotPickled, Callback):
         if self.tracker:
             self.tracker.trial_artifacts(trial_id, {k: str(v) for k, v in files.items()})
 
-    def _end(self, trial: Trial, status: str, mlflow_status: str) -> None:
+    def _end(self, trial: Trial, status: str, mlflow_status: str, error: str | None = None) -> None:
         self.status[trial.trial_id] = status
-        self.sink.update(trial.trial_id, [], status=status)
+        # A trial that failed in every attempt made num_failures attempts; one that ended
+        # after retries made one more than it failed.
+        attempts = trial.num_failures + (0 if status == "error" else 1)
+        fields = {"attempts": attempts, "error": error}
+        rows = []
+        if status == "error" and not self.sink.load(trial.trial_id):
+            rows = [self._row(trial, 0, {}, None)]  # failed before any epoch: still a result
+        self.sink.update(trial.trial_id, rows, status=status, fields=fields)
         if self.tracker:
             last = trial.last_result or {}
             summary = {
@@ -146,7 +160,17 @@ class StudyCallback(_NotPickled, Callback):
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        self._end(trial, "error", "FAILED")
+        self._end(trial, "error", "FAILED", _error_line(trial))
+
+
+def _error_line(trial: Trial) -> str:
+    """The trial's last error as 'Type: message' (the last line of its traceback)."""
+    try:
+        text = trial.get_error()
+    except Exception:  # the error file may be unreadable; the row must be written anyway
+        text = None
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return redact(lines[-1])[:1000] if lines else "unknown error (see the Tune trial folder)"
 
 
 def _logged_epochs(sink: ResultsSink) -> dict[str, int]:
