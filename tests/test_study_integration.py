@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests._loopback import S3Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -399,3 +402,70 @@ def test_a_trial_failing_before_its_first_epoch_is_a_result(
     assert report.returncode == 0, report.stderr
     trials_csv = next((tmp_path / "rep").glob("*trials*.csv")).read_text()
     assert "error" in trials_csv and row["trial_id"] in trials_csv
+
+
+def test_planted_secrets_show_up_nowhere(
+    tmp_path: Path, quickstart: Path, mlflow_server: str, s3_env: S3Store
+) -> None:
+    """An AWS secret key in the driver's environment and a password in the tracking URI: the
+    study works, and neither is in its output, the study's files (on S3), MLflow's params and
+    tags, or any file Ray wrote (Tune would copy AWS keys into trials' runtime_env, which Ray
+    logs)."""
+    import tempfile
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from normstudy.storage import as_location
+
+    aws_secret, password = f"aws-{uuid.uuid4().hex}", f"pw-{uuid.uuid4().hex}"
+    uri = mlflow_server.replace("http://", f"http://alice:{password}@")
+    home = f"s3://{s3_env.bucket}/secrets/{uuid.uuid4().hex}"
+    ray_tmp = tempfile.mkdtemp(prefix="nsr", dir="/tmp")  # Ray's sockets need a short path
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": aws_secret, "RAY_TMPDIR": ray_tmp}
+    env["NORMSTUDY_CACHE"] = str(tmp_path / "cache")
+    try:
+        proc = _normstudy(
+            "run", str(quickstart), "--home", home, "--tracking-uri", uri, *FAST,
+            "--set", "search.num_samples=2", "--set", "name=secrets", env=env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert len({r["trial_id"] for r in _rows_at(home, "secrets")}) == 2
+        for secret in (aws_secret, password):
+            assert secret not in proc.stdout + proc.stderr
+            for path in [*Path(ray_tmp).rglob("*"), *(tmp_path / "cache").rglob("*")]:
+                if path.is_file() and not path.is_symlink():
+                    assert secret.encode() not in path.read_bytes(), f"{secret[:3]} in {path}"
+            _assert_not_in_study_files(as_location(home) / "secrets", secret)
+        client = MlflowClient(mlflow_server)
+        exp = client.get_experiment_by_name("secrets")
+        assert exp is not None
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) == 3
+        text = json.dumps([[r.data.params, r.data.tags] for r in runs])
+        assert password not in text and aws_secret not in text
+    finally:
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _rows_at(home: str, study: str) -> list[dict]:
+    from normstudy.results import read_results
+    from normstudy.storage import as_location
+
+    return read_results(as_location(home) / study / "results").to_pylist()
+
+
+def _assert_not_in_study_files(folder: object, secret: str) -> None:
+    import pyarrow.fs as pafs
+
+    from normstudy.storage import Location
+
+    assert isinstance(folder, Location)
+    infos = folder.fs.get_file_info(pafs.FileSelector(folder.fs_path, recursive=True))
+    files = [i for i in infos if i.type == pafs.FileType.File]
+    assert files
+    for info in files:
+        with folder.fs.open_input_stream(info.path) as stream:
+            assert secret.encode() not in stream.read(), f"secret in {info.path}"

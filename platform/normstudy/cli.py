@@ -14,6 +14,8 @@ from typing import Annotated, Literal, NoReturn, cast
 import typer
 from rich.console import Console
 
+from normstudy.redact import redact
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -39,7 +41,7 @@ SetOpt = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {redact(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -181,7 +183,7 @@ def run(
             "Parquet results are complete. First ones:[/yellow]"
         )
         for line in outcome.tracking_failures[:5]:
-            err.print(f"  {line}", highlight=False)
+            err.print(f"  {redact(line)}", highlight=False)
         err.print(
             "  what waits in the outbox is sent on --resume or by: normstudy sync-mlflow "
             f"{spec.name}" + (f" --home {home_dir}" if home else ""),

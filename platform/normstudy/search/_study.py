@@ -140,8 +140,11 @@ def run_study(
     tracking: str | None = None,
 ) -> StudyOutcome:
     """Run (or resume) ``spec`` with its folder under ``home``; return what happened."""
+    from normstudy.home import cache_dir
     from normstudy.search._space import num_trials
+    from normstudy.storage._credentials import move_aws_keys_to_file
 
+    move_aws_keys_to_file(cache_dir() / "credentials")  # before any store or Ray sees them
     spec = spec.with_absolute_paths()
     paths = StudyPaths(home, spec.name)
     created = overwrite or not paths.spec_file.exists()
