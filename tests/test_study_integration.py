@@ -201,9 +201,22 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart
         time.sleep(0.5)
     assert proc.poll() is None, "the study ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=300)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, output[-3000:]
+    assert "interrupted" in output and "--resume" in output
     partial = {r["trial_id"] for r in _rows(home, "quickstart")}
     assert 1 <= len(partial) < N_TRIALS + 1
+    running = {r["trial_id"] for r in _rows(home, "quickstart") if r["status"] == "running"}
+    assert running, "the interrupted trial should wait to be resumed"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (exp_id,) = [e.experiment_id for e in client.search_experiments() if e.name == "quickstart"]
+    runs = client.search_runs([exp_id])
+    status_of = {r.data.tags.get("normstudy.trial_id", "study"): r.info.status for r in runs}
+    assert status_of["study"] == "KILLED"
+    assert {status_of[t] for t in running} == {"KILLED"}
 
     again = _normstudy(
         "run",
@@ -221,6 +234,17 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart
     keys = [(r["trial_id"], r["epoch"]) for r in rows]
     assert len(keys) == len(set(keys)), "duplicate (trial, epoch) rows after resume"
     assert sorted(keys) == sorted({(t, e) for t, _ in keys for e in range(1, EPOCHS + 1)})
+    # One Optuna trial per Tune trial: the interrupted one was resumed, not suggested again.
+    import optuna
+
+    trials = optuna.load_study(
+        study_name="quickstart", storage=f"sqlite:///{home / 'quickstart' / 'optuna.db'}"
+    ).trials
+    assert len(trials) == N_TRIALS
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    runs = client.search_runs([exp_id])
+    assert len(runs) == N_TRIALS + 1
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 def test_resources_beyond_the_machine_fail_fast(tmp_path: Path, quickstart: Path) -> None:
