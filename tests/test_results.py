@@ -184,3 +184,45 @@ def test_trial_scores_rejects_unknown_metric_and_mode(tmp_path: Path) -> None:
         trial_scores(table, "val/accuracy", "max")
     with pytest.raises(ValueError, match="mode"):
         trial_scores(table, "val/acc", "maximum")  # type: ignore[arg-type]
+
+
+def test_a_truncated_file_is_named_and_left_out(tmp_path: Path, quickstart: Path) -> None:
+    """One damaged trial file must not make the whole study unreadable: the reader leaves it
+    out with a warning naming it, and `best` prints that warning, not a traceback."""
+    import subprocess
+    import sys
+    import warnings
+
+    import yaml
+
+    from normstudy.results import DamagedResultWarning
+    from normstudy.spec import load_spec
+
+    spec = load_spec(quickstart)
+    (tmp_path / "quickstart").mkdir()
+    (tmp_path / "quickstart" / "study.yaml").write_text(
+        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    )
+    results = tmp_path / "quickstart" / "results"
+    sink = ResultsSink(results)
+    for trial_id, acc in (("good", 0.5), ("bad", 0.9)):
+        sink.update(trial_id, rows(trial_id, [acc]), "completed")
+    data = (results / "bad.parquet").read_bytes()
+    (results / "bad.parquet").write_bytes(data[: len(data) // 2])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = read_results(results)
+    assert set(table.column("trial_id").to_pylist()) == {"good"}
+    assert [w.category for w in caught] == [DamagedResultWarning]
+    assert "bad.parquet" in str(caught[0].message)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "normstudy", "best", "quickstart", "--home", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "good" in proc.stdout and "bad.parquet" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -365,5 +365,22 @@ def _register_extra_commands() -> None:
 _register_extra_commands()
 
 
+def _show_damaged(message: Warning | str, category: type[Warning], *args: object) -> None:
+    err.print(f"[yellow]warning:[/yellow] {redact(str(message))}", highlight=False)
+
+
 def main() -> None:
+    import warnings
+
+    from normstudy.results import DamagedResultWarning
+
+    show = warnings.showwarning
+
+    def showwarning(message: Warning | str, category: type[Warning], *args: object) -> None:
+        if issubclass(category, DamagedResultWarning):
+            _show_damaged(message, category)
+        else:
+            show(message, category, *args)  # type: ignore[arg-type]
+
+    warnings.showwarning = showwarning  # type: ignore[assignment]
     app()

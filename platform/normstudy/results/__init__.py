@@ -4,7 +4,12 @@ One row per (trial, epoch) with the trial's flattened config and every reported 
 per trial, rewritten atomically on each update.
 """
 
-from normstudy.results._dataset import TrialScore, read_results, trial_scores
+from normstudy.results._dataset import (
+    DamagedResultWarning,
+    TrialScore,
+    read_results,
+    trial_scores,
+)
 from normstudy.results._schema import (
     BASE_SCHEMA,
     STATUSES,
@@ -19,6 +24,7 @@ from normstudy.results._sink import ResultsSink
 __all__ = [
     "BASE_SCHEMA",
     "STATUSES",
+    "DamagedResultWarning",
     "ResultsSink",
     "TrialScore",
     "concat_promoted",

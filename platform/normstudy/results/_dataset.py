@@ -17,6 +17,10 @@ from normstudy.storage import Location, as_location
 Mode = Literal["max", "min"]
 
 
+class DamagedResultWarning(UserWarning):
+    """A result file that cannot be read (truncated, corrupt) was left out; names the file."""
+
+
 def read_results(results_dir: str | Path | Location) -> pa.Table:
     """All trial files of a results directory as one table.
 
@@ -44,7 +48,12 @@ def _read_file(file: Location) -> pa.Table | None:
     except FileNotFoundError:  # replaced or deleted between listing and reading
         return None
     except (pa.ArrowInvalid, OSError) as e:
-        warnings.warn(f"{file}: not a readable Parquet file ({e}); left out", stacklevel=3)
+        warnings.warn(
+            f"{file}: not a readable Parquet file ({e}); left out (rerun or --resume the "
+            "study to rewrite it, or delete it)",
+            DamagedResultWarning,
+            stacklevel=3,
+        )
         return None
 
 
