@@ -180,6 +180,7 @@ def test_light_commands_do_not_import_torch_or_ray(quickstart: Path, tmp_path: P
         "    return r.output\n"
         f"ok('validate', {str(quickstart)!r})\n"
         "ok('--help')\n"
+        "assert ok('--version').startswith('normstudy ')\n"
         "assert 'gamma_init' in ok('plugins')\n"
         f"out = ok('best', 'quickstart', '--home', {str(tmp_path)!r}, '--format', 'json')\n"
         "assert out.index('t1') < out.index('t0'), out\n"

@@ -26,6 +26,25 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from normstudy import __version__
+        from normstudy.home import git_revision
+
+        out.print(f"normstudy {__version__} (git {git_revision()})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Hyperparameter and scaling studies of normalization."""
+
 HomeOpt = Annotated[
     str | None,
     typer.Option(
