@@ -61,10 +61,21 @@ def submit(
         spec = load_spec(path, set_ or [])
     except SpecError as e:
         _fail(str(e))
+    if not (home or os.environ.get("NORMSTUDY_HOME")):
+        _fail(
+            "submit needs --home (or NORMSTUDY_HOME): a home every node reaches, "
+            "s3://bucket/prefix, gs://bucket/prefix or an NFS path mounted on every node"
+        )
     try:
         paths = StudyPaths(resolve_home(home), spec.name)
     except StorageError as e:
         _fail(f"--home: {e}")
+    if paths.home.is_local:
+        err.print(
+            f"note: {paths.home} is a local path: every node of the cluster must mount it there "
+            "(NFS); otherwise use s3:// or gs://",
+            highlight=False,
+        )
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not paths.home.is_local and not uri:
         _fail(
