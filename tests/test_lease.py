@@ -1,0 +1,204 @@
+"""One driver per study: the lease in the study folder, on a local folder and on a real S3
+server, with real processes holding, dying and racing for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from normstudy.storage import (
+    LEASE_FILE,
+    LeaseHeldError,
+    Location,
+    StudyLease,
+    as_location,
+    read_lease,
+)
+
+HOLD = """
+import sys, time
+from normstudy.storage import StudyLease, as_location
+lease = StudyLease(as_location(sys.argv[1]))
+lease.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+RACE = """
+import os, sys, time
+from normstudy.storage import LeaseHeldError, StudyLease, as_location
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.005)
+lease = StudyLease(as_location(sys.argv[1]))
+try:
+    lease.acquire()
+except LeaseHeldError:
+    print("refused", flush=True)
+    sys.exit(0)
+print("won", flush=True)
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.05)
+lease.release()
+"""
+
+
+@pytest.fixture(autouse=True)
+def _quick_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NORMSTUDY_LEASE_HEARTBEAT_S", "0.2")
+    monkeypatch.setenv("NORMSTUDY_LEASE_SETTLE_S", "0.2")
+    monkeypatch.delenv("NORMSTUDY_LEASE_STALE_S", raising=False)
+
+
+@pytest.fixture(params=["local", "s3"])
+def folder(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    if request.param == "local":
+        return as_location(tmp_path / "home") / "study"
+    s3 = request.getfixturevalue("s3_env")
+    return as_location(f"s3://{s3.bucket}/lease-test/{uuid.uuid4().hex}") / "study"
+
+
+def _python(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+@pytest.fixture
+def holder(folder: Location) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the lease of ``folder``."""
+    proc = _python(HOLD, folder.uri)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def _write_foreign(folder: Location, *, heartbeat_age: float, host: str) -> str:
+    token = uuid.uuid4().hex
+    now = time.time()
+    record = {
+        "host": host,
+        "pid": 1,
+        "started": now - heartbeat_age - 60,
+        "heartbeat": now - heartbeat_age,
+        "heartbeat_s": 10.0,
+        "token": token,
+        "command": "normstudy run elsewhere.yaml",
+    }
+    (folder / LEASE_FILE).write_text(json.dumps(record))
+    return token
+
+
+def test_acquire_writes_the_holder_and_release_deletes_it(folder: Location) -> None:
+    with StudyLease(folder) as lease:
+        held = read_lease(folder / LEASE_FILE)
+        assert held is not None and held.token == lease.token
+        assert (held.host, held.pid) == (socket.gethostname(), os.getpid())
+        assert held.command and lease.took_over is None and lease.notice is None
+    assert not (folder / LEASE_FILE).exists()
+    if folder.is_local:
+        assert not folder.exists(), "an empty folder made for the lease is left behind"
+
+
+def test_a_second_acquire_is_refused_naming_the_holder(
+    folder: Location, holder: subprocess.Popen[str]
+) -> None:
+    with pytest.raises(LeaseHeldError) as refused:
+        StudyLease(folder).acquire()
+    message = str(refused.value)
+    assert f"pid {holder.pid}" in message and socket.gethostname() in message
+    assert "last heartbeat" in message and str(folder / LEASE_FILE) in message
+    assert refused.value.holder is not None and refused.value.holder.pid == holder.pid
+
+
+def test_heartbeat_advances(folder: Location) -> None:
+    with StudyLease(folder, heartbeat_s=0.2) as lease:
+        first = lease.read()
+        time.sleep(1.0)
+        later = lease.read()
+    assert first is not None and later is not None
+    assert later.heartbeat > first.heartbeat
+    assert (later.token, later.started) == (first.token, first.started)
+
+
+def test_a_dead_holder_on_this_host_is_taken_over(
+    folder: Location, holder: subprocess.Popen[str]
+) -> None:
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=30)
+    with StudyLease(folder) as lease:
+        assert lease.took_over is not None and lease.took_over.pid == holder.pid
+        assert lease.notice is not None
+        assert f"process {holder.pid} is gone" in lease.notice
+        now = lease.read()
+        assert now is not None and now.token == lease.token
+
+
+def test_an_old_heartbeat_of_another_host_is_taken_over(folder: Location) -> None:
+    old = _write_foreign(folder, heartbeat_age=3600, host="elsewhere.invalid")
+    with StudyLease(folder) as lease:
+        assert lease.took_over is not None and lease.took_over.token == old
+        assert lease.notice is not None
+        assert "no heartbeat for 60 min" in lease.notice and "elsewhere.invalid" in lease.notice
+
+
+def test_a_fresh_lease_of_another_host_is_respected(folder: Location) -> None:
+    token = _write_foreign(folder, heartbeat_age=5, host="elsewhere.invalid")
+    with pytest.raises(LeaseHeldError, match=r"host elsewhere\.invalid, pid 1"):
+        StudyLease(folder).acquire()
+    still = read_lease(folder / LEASE_FILE)
+    assert still is not None and still.token == token
+
+
+def test_release_deletes_only_our_own_lease(folder: Location) -> None:
+    lease = StudyLease(folder, heartbeat_s=0.2)
+    lease.acquire()
+    try:
+        # Another process took over (ours looked stale): our heartbeat notices, and stops.
+        theirs = _write_foreign(folder, heartbeat_age=0, host="elsewhere.invalid")
+        deadline = time.monotonic() + 10
+        while lease.lost is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lease.lost is not None and lease.lost.token == theirs
+    finally:
+        lease.release()
+    left = read_lease(folder / LEASE_FILE)
+    assert left is not None and left.token == theirs
+
+
+def test_one_of_racing_processes_wins(
+    folder: Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NORMSTUDY_LEASE_SETTLE_S", "2")  # the default on object stores
+    go, done = tmp_path / "go", tmp_path / "done"
+    procs = [_python(RACE, folder.uri, str(go), str(done)) for _ in range(4)]
+    try:
+        time.sleep(2)  # all imported, waiting for the start
+        go.touch()
+        deadline = time.monotonic() + 120
+        while sum(p.poll() is not None for p in procs) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        done.touch()
+        outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    finally:
+        for p in procs:
+            _stop(p)
+    assert sorted(outputs) == ["refused", "refused", "refused", "won"]
+    assert not (folder / LEASE_FILE).exists()
