@@ -22,9 +22,15 @@ file aside, so that only the one process that moved it decides, and puts back a 
 not the one it judged. Object stores have no create-if-absent in ``pyarrow.fs``: there the
 writer re-reads after ``$NORMSTUDY_LEASE_SETTLE_S`` seconds (2 by default) and the last writer
 wins. Two drivers can both proceed only if one of them took longer than that delay between
-reading "no lease" and its write becoming visible (a stalled PUT); the heartbeat of the one that
-lost then notices, within one interval, and says so. Staleness by heartbeat age compares clocks
-of different hosts: they must agree to within the 15 s margin.
+reading "no lease" and its write becoming visible (a stalled PUT).
+
+What remains inexact: on object stores that race, and the read-then-write of each heartbeat
+and the read-then-delete of a release (they can clobber a lease taken over in between, which
+happens only to a holder that already looked stale); locally, the same heartbeat window of a
+few microseconds. In every case the next heartbeat of the process that lost its lease notices
+it, within one interval, and logs an error naming the new holder; it does not stop that process.
+Staleness by heartbeat age compares the clocks of different hosts: they must agree to within
+the 15 s margin. A pid reused on this host keeps a dead holder's lease until its heartbeat ages.
 """
 
 from __future__ import annotations
@@ -172,7 +178,8 @@ class StudyLease:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> StudyLease:
-        self.acquire()
+        if self._thread is None:  # not yet acquired by hand
+            self.acquire()
         return self
 
     def __exit__(
@@ -210,7 +217,7 @@ class StudyLease:
         if self._thread is None:
             return
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=60)  # a beat stuck on a dead network must not hang the exit
         self._thread = None
         try:
             if self.path.is_local:
@@ -288,6 +295,8 @@ class StudyLease:
     def _beat(self) -> bool:
         """Refreshes the lease; False once it is lost to another process."""
         current = self.read()
+        if self._stop.is_set():  # released meanwhile: writing now would revive the lease
+            return False
         if current is not None and current.token != self.token:
             self.lost = current
             log.error(
