@@ -3,6 +3,7 @@ server, with real processes holding, dying and racing for it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,114 @@ def test_one_of_racing_processes_wins(
             _stop(p)
     assert sorted(outputs) == ["refused", "refused", "refused", "won"]
     assert not (folder / LEASE_FILE).exists()
+
+
+# -- a real driver -------------------------------------------------------------------------------
+N_TRIALS = 2
+FAST = [
+    "--set", f"search.num_samples={N_TRIALS}",
+    "--set", "search.max_concurrent=1",
+    "--set", "search.n_startup_trials=2",
+    "--set", "search.scheduler.name=fifo",
+    "--set", "train.epochs=3",
+    "--set", "train.max_steps_per_epoch=4",
+    "--set", "train.schedule.warmup_epochs=0",
+    "--set", "dataset.image_size=8",
+]  # fmt: skip
+DRIVER_ENV = {"NORMSTUDY_LEASE_HEARTBEAT_S": "1"}
+
+
+def _normstudy(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "normstudy", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **DRIVER_ENV},
+    )
+
+
+def _start_driver(quickstart: Path, home: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "normstudy", "run", str(quickstart), "--home", str(home), *FAST],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **DRIVER_ENV},
+            start_new_session=True,  # its group holds the Ray processes it starts
+        )
+
+
+def _stop_driver(proc: subprocess.Popen[bytes]) -> None:
+    """Ends the driver and whatever it left in its process group (Ray's daemons)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def _wait_until(done: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not done():
+        assert proc.poll() is None, "the driver ended early:\n" + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "timed out:\n" + log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def _trials(home: Path) -> dict[str, str]:
+    from normstudy.results import read_results
+
+    table = read_results(as_location(home) / "quickstart" / "results").to_pylist()
+    return {r["trial_id"]: r["status"] for r in table}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_second_driver_is_refused_while_the_first_runs(tmp_path: Path, quickstart: Path) -> None:
+    home, log = tmp_path / "home", tmp_path / "first.log"
+    study = home / "quickstart"
+    first = _start_driver(quickstart, home, log)
+    try:
+        _wait_until(
+            lambda: (study / LEASE_FILE).exists() and (study / "study.yaml").exists(), first, log
+        )
+        commands = [
+            ["run", quickstart, "--home", home, "--resume", *FAST],
+            ["run", quickstart, "--home", home, *FAST],
+            ["run", quickstart, "--home", home, "--overwrite", *FAST],
+        ]
+        for args in commands:
+            started = time.monotonic()
+            refused = _normstudy(*args)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert time.monotonic() - started < 60
+            assert f"pid {first.pid}" in refused.stderr and "last heartbeat" in refused.stderr
+            assert str(study / LEASE_FILE) in refused.stderr
+            assert (study / "study.yaml").exists(), "--overwrite deleted a running study"
+        assert first.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        _stop_driver(first)
+    assert list(_trials(home).values()) == ["completed"] * N_TRIALS
+    assert not (study / LEASE_FILE).exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_resume_takes_over_the_lease_of_a_killed_driver(tmp_path: Path, quickstart: Path) -> None:
+    home, log = tmp_path / "home", tmp_path / "first.log"
+    study = home / "quickstart"
+    first = _start_driver(quickstart, home, log)
+    try:
+        _wait_until(lambda: bool(list((study / "results").glob("*.parquet"))), first, log)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        _stop_driver(first)
+    assert (study / LEASE_FILE).exists(), "a killed driver cannot release its lease"
+
+    again = _normstudy("run", quickstart, "--home", home, "--resume", *FAST)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "took over the lease" in again.stdout
+    assert f"process {first.pid} is gone" in again.stdout
+    trials = _trials(home)
+    assert list(trials.values()).count("completed") >= N_TRIALS, trials
+    assert not (study / LEASE_FILE).exists()
