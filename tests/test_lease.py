@@ -277,6 +277,7 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path: Path, quickst
             ["run", quickstart, "--home", home, "--resume", *FAST],
             ["run", quickstart, "--home", home, *FAST],
             ["run", quickstart, "--home", home, "--overwrite", *FAST],
+            ["sync-mlflow", "quickstart", "--home", home],
         ]
         for args in commands:
             started = time.monotonic()
