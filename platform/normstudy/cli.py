@@ -45,6 +45,7 @@ def _root(
 ) -> None:
     """Hyperparameter and scaling studies of normalization."""
 
+
 HomeOpt = Annotated[
     str | None,
     typer.Option(

@@ -34,12 +34,13 @@ def sync_mlflow(
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300.0,
 ) -> None:
     """Send what MLflow could not take during a study (its outbox) now. Exit 0 when nothing is
-    left, 1 when the server does not answer or operations remain."""
+    left, 1 when the server does not answer or operations remain, 2 while a driver runs the
+    study (it sends the outbox itself)."""
     from normstudy.home import StudyPaths, resolve_home
     from normstudy.home import tracking_uri as resolve_tracking_uri
     from normstudy.redact import redact
     from normstudy.spec import SpecError, load_spec
-    from normstudy.storage import StorageError
+    from normstudy.storage import LeaseHeldError, StorageError, StudyLease
     from normstudy.tracking import sync_outbox
 
     try:
@@ -48,13 +49,19 @@ def sync_mlflow(
             _fail(f"no study {study!r} in {paths.home} (run it first, or pass --home)")
         spec = load_spec(paths.spec_file)
         uri = resolve_tracking_uri(paths.home, tracking_uri)
-        result = sync_outbox(
-            uri=uri,
-            study=spec.name,
-            artifact_root=paths.artifacts,
-            state_file=paths.tracking_state,
-            timeout_s=timeout,
-        )
+        # The lease keeps a driver from starting (and sending the same outbox) meanwhile.
+        with StudyLease(paths.root) as lease:
+            if lease.notice:
+                err.print(f"notice: {lease.notice}", highlight=False, soft_wrap=True)
+            result = sync_outbox(
+                uri=uri,
+                study=spec.name,
+                artifact_root=paths.artifacts,
+                state_file=paths.tracking_state,
+                timeout_s=timeout,
+            )
+    except LeaseHeldError as e:
+        _fail(f"{e} A running driver sends the outbox itself: sync-mlflow is for after it ends.")
     except (SpecError, StorageError) as e:
         _fail(str(e))
     for line in result.problems:

@@ -43,8 +43,8 @@ def _objectives(spec: StudySpec) -> list[tuple[str, str]]:
 
 def _prepare_folder(spec: StudySpec, paths: StudyPaths, resume: bool, overwrite: bool) -> None:
     resolved = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    if overwrite and paths.root.exists():
-        paths.root.delete()
+    if overwrite:
+        _clear_folder(paths.root)
     if resume:
         if not paths.spec_file.exists():
             raise StudyStateError(
@@ -139,7 +139,54 @@ def run_study(
     overwrite: bool = False,
     tracking: str | None = None,
 ) -> StudyOutcome:
-    """Run (or resume) ``spec`` with its folder under ``home``; return what happened."""
+    """Run (or resume) ``spec`` with its folder under ``home``; return what happened.
+
+    One driver per study: the study folder's lease is taken first, before the folder is
+    checked, created or (``overwrite``) emptied, and before Ray, the tracker or Tune start; it is
+    held until the run ends, however it ends. A live holder elsewhere raises `StudyStateError`
+    naming it, having touched nothing; a stale one is taken over with a notice on ``console``.
+    """
+    from normstudy.storage import LeaseHeldError, StudyLease
+
+    lease = StudyLease(StudyPaths(home, spec.name).root)
+    try:
+        lease.acquire()
+    except LeaseHeldError as e:
+        raise StudyStateError(str(e)) from e
+    with lease:
+        if lease.notice:
+            console.print(
+                f"[yellow]notice:[/yellow] {lease.notice}", highlight=False, soft_wrap=True
+            )
+        return _run_leased(
+            spec, home, console, resume=resume, overwrite=overwrite, tracking=tracking
+        )
+
+
+def _clear_folder(root: Location) -> None:
+    """``--overwrite``: everything in the study folder goes but the lease that guards it."""
+    import pyarrow.fs as pafs
+
+    from normstudy.storage import LEASE_FILE, StorageError
+
+    try:
+        found = root.fs.get_file_info(pafs.FileSelector(root.fs_path, allow_not_found=True))
+    except OSError as e:
+        raise StorageError(f"cannot list {root}: {e}") from e
+    for info in found:  # the lease, and its heartbeat's temp files, stay
+        if not info.base_name.lstrip(".").startswith(LEASE_FILE):
+            (root / info.base_name).delete()
+
+
+def _run_leased(
+    spec: StudySpec,
+    home: Location,
+    console: Console,
+    *,
+    resume: bool,
+    overwrite: bool,
+    tracking: str | None,
+) -> StudyOutcome:
     from normstudy.home import cache_dir
     from normstudy.search._space import num_trials
     from normstudy.storage._credentials import move_aws_keys_to_file
