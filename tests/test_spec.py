@@ -270,3 +270,92 @@ def test_every_grid_point_passes_the_plugins_checks() -> None:
         },
     )
     _bad(data, "grid point", "plugins.norm_batch.size", "train.batch_size")
+
+
+# -- reading: UTF-8, one value per key, bounded size and aliases ------------------------------
+
+
+def _bad_file(tmp_path: Path, content: str | bytes, *needles: str) -> str:
+    path = tmp_path / "s.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    text = str(info.value)
+    for needle in needles:
+        assert needle in text, text
+    return text
+
+
+ALIAS_BOMB = (
+    "name: bomb\nmodel:\n  name: test_resnet\n  kwargs:\n    l0: &l0 [lol, lol, lol]\n"
+    + "".join(f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+)
+
+
+def test_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    """A 1 kB file whose nine levels of nine aliases expand to 3·9**9 values: refused while
+    composing (the bound is on the expanded size), never built as Python objects."""
+    assert len(ALIAS_BOMB) < 1024
+    _bad_file(tmp_path, ALIAS_BOMB, "s.yaml", "line ", "aliases expanded")
+
+
+def test_too_many_aliases(tmp_path: Path) -> None:
+    text = "name: t\nmodel:\n  kwargs:\n    a: &a 1\n    b: [" + ", ".join(["*a"] * 101) + "]\n"
+    _bad_file(tmp_path, text, "line 5", "more than 100 aliases")
+
+
+def test_recursive_alias(tmp_path: Path) -> None:
+    _bad_file(tmp_path, "name: t\nmodel: &m\n  kwargs: {self: *m}\n", "line 3", "*m", "own anchor")
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    data = yaml.safe_dump(VARIANTS, sort_keys=False).replace(
+        "  scaled:\n    gamma_init:", "  scaled:\n    gamma_init: &g"
+    )
+    path.write_text(data + "  again:\n    gamma_init: *g\n")
+    spec = load_spec(path)
+    assert spec.variants["again"]["gamma_init"] == spec.variants["scaled"]["gamma_init"]
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        (
+            "name: t\ntrain:\n  epochs: 3\n  lr: 0.1\n  epochs: 4\n",
+            ("line 5", "'epochs'", "line 3"),
+        ),
+        ("name: t\nname: u\n", ("line 2", "duplicate key 'name'")),
+        ("name: t\nplugins: {gamma_init: {}, gamma_init: {value: 1.0}}\n", ("'gamma_init'",)),
+    ],
+)
+def test_duplicate_keys(tmp_path: Path, text: str, needles: tuple[str, ...]) -> None:
+    _bad_file(tmp_path, text, "duplicate key", *needles)
+
+
+def test_merge_keys_override_without_being_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    base = yaml.safe_dump(BASE, sort_keys=False)
+    path.write_text(
+        base.replace("name: t\n", "name: t\ntrain:\n  <<: {epochs: 3, lr: 0.2}\n  epochs: 4\n")
+    )
+    spec = load_spec(path)
+    assert (spec.train.epochs, spec.train.lr) == (4, 0.2)
+
+
+def test_file_limits(tmp_path: Path) -> None:
+    _bad_file(tmp_path, b"name: t\ndescription: caf\xe9\n", "not UTF-8")
+    _bad_file(tmp_path, "name: t\ndescription: " + "x" * 1_000_001 + "\n", "larger than 1000000")
+    _bad_file(tmp_path, "name: t\nmodel:\n  kwargs: {a: " + "[" * 70 + "]" * 70 + "}\n", "deeper")
+    _bad_file(tmp_path, "name: t\nseeds: [" + "9" * 5000 + "]\n", "not valid YAML", "digits")
+    _bad_file(tmp_path, "name: t\n---\nname: u\n", "single document")
+
+
+def test_override_values_are_read_with_the_same_limits() -> None:
+    with pytest.raises(SpecError, match="duplicate key"):
+        load_spec(
+            Path(__file__).parents[1] / "searchspaces/quickstart.yaml", ["train={a: 1, a: 2}"]
+        )
