@@ -359,3 +359,91 @@ def test_override_values_are_read_with_the_same_limits() -> None:
         load_spec(
             Path(__file__).parents[1] / "searchspaces/quickstart.yaml", ["train={a: 1, a: 2}"]
         )
+
+
+# -- bounds: seeds, counts, finite floats, names ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needles"),
+    [
+        ("search.seed", 2**40, ("search.seed", "4294967295")),
+        ("search.seed", -1, ("search.seed", "greater than or equal to 0")),
+        ("seeds", [2**70], ("seeds.0", "4294967295")),
+        ("seeds", [-3], ("seeds.0",)),
+        ("seeds", {"count": 10**6}, ("seeds.count",)),
+        ("dataset.split_seed", 2**32, ("dataset.split_seed",)),
+        ("train.epochs", 10**30, ("train.epochs", "100000")),
+        ("train.epochs", 1e30, ("train.epochs",)),
+        ("train.batch_size", 10**9, ("train.batch_size",)),
+        ("train.eval_batch_size", 10**9, ("train.eval_batch_size",)),
+        ("train.max_steps_per_epoch", 10**12, ("train.max_steps_per_epoch",)),
+        ("train.schedule.warmup_epochs", 10**6, ("train.schedule.warmup_epochs",)),
+        ("search.num_samples", 10**9, ("search.num_samples",)),
+        ("search.max_concurrent", 10**6, ("search.max_concurrent",)),
+        ("dataset.image_size", 10**5, ("dataset.image_size",)),
+        ("dataset.augment.crop_padding", 10**5, ("dataset.augment.crop_padding",)),
+        ("evaluation.evalmode_train_samples", 10**12, ("evaluation.evalmode_train_samples",)),
+        ("resources.cpus", 1e9, ("resources.cpus",)),
+        ("failure.max_retries", 10**9, ("failure.max_retries",)),
+    ],
+)
+def test_numbers_are_bounded(key: str, value: object, needles: tuple[str, ...]) -> None:
+    _bad(_with(key, value), *needles)
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needles"),
+    [
+        ("train.lr", INF, ("train.lr", "finite")),
+        ("train.weight_decay", NAN, ("train.weight_decay", "finite")),
+        ("resources.gpus", INF, ("resources.gpus", "finite")),
+        ("evaluation.noise_sigmas", [0.1, INF], ("evaluation.noise_sigmas.1", "finite")),
+        ("search.space.train.lr.high", INF, ("search.space['train.lr'].high", "finite")),
+        ("search.space.train.lr.low", -INF, ("search.space['train.lr'].low", "finite")),
+        ("model.kwargs", {"drop_path_rate": NAN}, ("model.kwargs.drop_path_rate", "finite")),
+        ("model.kwargs", {"x": [1, {"y": INF}]}, ("model.kwargs.x", "[1].y", "finite")),
+        ("model.kwargs", {"x": 2**70}, ("model.kwargs.x", "out of range")),
+        ("plugins.gamma_init.value", NAN, ("plugins.gamma_init.value", "finite")),
+        ("plugins", {"standardization": {"coefficient": INF}}, ("plugins.standardization",)),
+    ],
+)
+def test_floats_are_finite(key: str, value: object, needles: tuple[str, ...]) -> None:
+    _bad(_with(key, value), *needles)
+
+
+def test_distribution_bounds_within_float_range(tmp_path: Path) -> None:
+    # YAML reads 1e400 as inf: the overflow is refused, with the field named.
+    text = yaml.safe_dump(BASE).replace("high: 0.1", "high: 1.0e+400")
+    _bad_file(tmp_path, text, "search.space['train.lr'].high", "finite")
+    space = {"train.lr": {"type": "uniform", "low": -1e308, "high": 1e308}}
+    _bad(_with("search.space", space), "search.space['train.lr']", "overflows")
+    space = {"seed": {"type": "int", "low": 0, "high": 2**60}}
+    _bad(_with("search.space", space), "search.space['seed'].high")
+    space = {"model.kwargs.x": {"type": "categorical", "choices": [1.0, INF]}}
+    _bad(_with("search.space", space), "search.space['model.kwargs.x'].choices.1", "finite")
+
+
+@pytest.mark.parametrize(
+    "name", ["a" * 101, "abc\n", "a/b", ".", "..", "", "-a", "A b", "é", "a\x00"]
+)
+def test_study_name(name: str) -> None:
+    _bad(_with("name", name), "name")
+
+
+def test_study_name_limits_that_pass() -> None:
+    assert validate_data(_with("name", "a" * 100)).name == "a" * 100
+    assert validate_data(_with("name", "0-a_b")).name == "0-a_b"
+
+
+def test_variant_names_are_names_too() -> None:
+    data = yaml.safe_load(yaml.safe_dump(VARIANTS))
+    data["variants"]["plain\n"] = data["variants"].pop("plain")
+    _bad(data, "variants.plain")
+
+
+def test_data_paths_hold_no_nul() -> None:
+    _bad(_with("dataset", {"name": "cifar10", "root": "data\x00c10"}), "dataset.root")

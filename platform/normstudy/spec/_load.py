@@ -133,8 +133,8 @@ def _explain(err: ValidationError) -> list[str]:
         loc = tuple(p for p in e["loc"] if not _union_tag(p))
         where = ".".join(str(p) for p in loc)
         if loc[:2] == ("search", "space") and len(loc) > 2:
-            # The distribution's tag ('loguniform') is not a key the user wrote.
-            rest = [str(p) for p in loc[4:]]
+            # The distribution's tag ('loguniform', 'int') is not a key the user wrote.
+            rest = [str(p) for p in e["loc"][4:]]
             where = f"search.space[{loc[2]!r}]" + "".join(f".{p}" for p in rest)
         msg = e["msg"].removeprefix("Value error, ")
         if msg.startswith(f"{where}.") or msg.startswith(f"{where}:"):
