@@ -447,3 +447,110 @@ def test_variant_names_are_names_too() -> None:
 
 def test_data_paths_hold_no_nul() -> None:
     _bad(_with("dataset", {"name": "cifar10", "root": "data\x00c10"}), "dataset.root")
+
+
+# -- search.metric: one the trials of this study report ---------------------------------------
+
+
+def test_unknown_metric_names_the_close_one() -> None:
+    text = _bad(_with("search.metric", "val/acuracy"), "search.metric", "'val/acuracy'")
+    assert "did you mean 'val/acc'" in text and "reported: " in text and "test/aurc" in text
+    data = _with("search.metric", ["val/acc", "val/los"])
+    apply_override(data, "search.mode", ["max", "min"])
+    _bad(data, "search.metric[1]", "'val/los'", "'val/loss'")
+    _bad(_with("search.metric", "best/val/acc"), "search.metric", "'best/val/acc'")
+
+
+@pytest.mark.parametrize(
+    ("changes", "metric", "ok"),
+    [
+        ({"plugins.bayesian_scale": {}}, "val/nll_mc", True),
+        ({"plugins.bayesian_scale": {"mc_samples": 0}}, "val/nll_mc", False),
+        ({"plugins.norm_batch": {"size": 32}}, "norm_batch/effective", True),
+        ({"plugins.embedding_l2": {}}, "loss/embedding_l2", True),
+        ({}, "loss/embedding_l2", False),
+        ({"evaluation.noise_sigmas": [0.1]}, "test/acc_noise@0.1", True),
+        ({"evaluation.noise_sigmas": [0.1]}, "test/acc_noise@0.2", False),
+        ({"evaluation.fgsm_eps": [0.03]}, "test/acc_fgsm@0.03", True),
+        ({"evaluation.coverage": False}, "test/aurc", False),
+        ({"evaluation.evalmode_train_samples": 0}, "train/loss_evalmode", False),
+        ({"plugins": {"remove_norm": {}}}, "gamma/sq_mean", False),
+    ],
+)
+def test_metrics_of_plugins_and_evaluations(
+    changes: dict[str, object], metric: str, ok: bool
+) -> None:
+    data = _with("search.metric", metric)
+    for key, value in changes.items():
+        apply_override(data, key, value)
+    if ok:
+        assert validate_data(data).search.metric == metric
+    else:
+        _bad(data, "search.metric", repr(metric))
+
+
+def test_metric_of_some_variants_only() -> None:
+    data = yaml.safe_load(yaml.safe_dump(VARIANTS))
+    data["variants"]["scaled"]["embedding_l2"] = {}
+    apply_override(data, "search.metric", "loss/embedding_l2")
+    _bad(data, "search.metric", "not reported by every trial", "plain")
+    data["variants"]["plain"]["embedding_l2"] = {}
+    assert validate_data(data).search.metric == "loss/embedding_l2"
+
+
+def test_metric_of_a_searched_evaluation_option() -> None:
+    data = _with("search.metric", "test/aurc")
+    apply_override(
+        data, "search.space.evaluation.coverage", {"type": "categorical", "choices": [True, False]}
+    )
+    _bad(data, "search.metric", "evaluation.coverage=False")
+
+
+def _trial_study(plugins: dict, evaluation: dict) -> dict:
+    return {
+        "name": "catalogue",
+        "dataset": {"name": "synthetic", "num_samples": 40, "image_size": 8, "num_classes": 4},
+        "model": {"name": "test_resnet", "cifar_stem": True},
+        "train": {
+            "epochs": 1,
+            "batch_size": 8,
+            "eval_batch_size": 64,
+            "max_steps_per_epoch": 1,
+            "threads": 1,
+        },
+        "evaluation": evaluation,
+        "plugins": plugins,
+    }
+
+
+def _plugin_cases() -> list[object]:
+    from normstudy.plugins import plugin_registry
+
+    many = {"evalmode_train_samples": 8, "noise_sigmas": [0.1, 0.25], "fgsm_eps": [0.01]}
+    none = {"evalmode_train_samples": 0, "dropout50": False, "coverage": False}
+    cases: list[object] = [pytest.param({}, many, id="many"), pytest.param({}, none, id="none")]
+    for name, cls in plugin_registry().items():
+        cases.append(pytest.param({name: {}, **cls.partners}, {}, id=name))
+    cases.append(pytest.param({"bayesian_scale": {"mc_samples": 0}}, {}, id="bayesian-no-mc"))
+    return cases
+
+
+@pytest.mark.parametrize(("plugins", "evaluation"), _plugin_cases())
+def test_metric_catalogue_matches_what_a_real_trial_reports(
+    plugins: dict, evaluation: dict
+) -> None:
+    """The catalogue is kept without torch; a real short trial of every registered plugin
+    (with its partners) on test_resnet reports exactly the catalogued metrics."""
+    from normstudy.spec import metric_catalogue
+    from normstudy.trial import LocalReporter, run_trial
+
+    config = validate_data(_trial_study(plugins, evaluation)).trial_base()
+    metrics = run_trial(config, LocalReporter())
+    reported = {
+        k
+        for k, v in metrics.items()
+        if ("/" in k or k in ("lr", "epoch_time_s"))
+        and not k.startswith("best/")
+        and isinstance(v, int | float)
+    }
+    assert set(metric_catalogue(config)) == reported

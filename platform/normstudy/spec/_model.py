@@ -362,6 +362,7 @@ class StudySpec(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> StudySpec:
         from normstudy.plugins import check_combination
+        from normstudy.spec._metrics import check_search_metrics
         from normstudy.spec._space import check_space
 
         for variant in self.variants or {"": {}}:
@@ -384,6 +385,7 @@ class StudySpec(Strict):
                 f"{self.search.sampler!r} evaluates each configuration once; list one seed, or "
                 "use search.sampler 'grid' (the seeds become a grid axis)"
             )
+        check_search_metrics(self)
         return self
 
     def with_absolute_paths(self) -> StudySpec:
