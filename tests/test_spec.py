@@ -554,3 +554,125 @@ def test_metric_catalogue_matches_what_a_real_trial_reports(
         and isinstance(v, int | float)
     }
     assert set(metric_catalogue(config)) == reported
+
+
+# -- the real CLI: exit 2, the field on stderr, nothing written -------------------------------
+
+
+def _cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
+    """``python -m normstudy ARGS`` in a clean folder with its own HOME and NORMSTUDY_HOME;
+    returns the process and every path it created under ``tmp_path`` (HOME included)."""
+    import os
+
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    before = set(tmp_path.rglob("*"))
+    env = {**os.environ, "HOME": str(tmp_path / "user"), "NORMSTUDY_HOME": str(tmp_path / "home")}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "normstudy", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=work,
+        env=env,
+    )
+    new = sorted(set(tmp_path.rglob("*")) - before)
+    return proc, new
+
+
+def _written(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "overrides", "needles"),
+    [
+        (None, ["search.seed=1099511627776"], ("search.seed",)),
+        (None, ["search.metric=val/acuracy"], ("search.metric", "val/acc")),
+        (None, ["train.epochs=1.0e+30"], ("train.epochs",)),
+        (None, ["search.space.train.lr.high=1.0e+400"], ("search.space['train.lr'].high",)),
+        ('name: "abc\\n"\n', [], ("name", "abc\\n")),
+        (
+            "name: t\ntrain: {epochs: 2}\ntrain: {epochs: 3}\n",
+            [],
+            ("duplicate key 'train'", "line 3"),
+        ),
+        (ALIAS_BOMB, [], ("aliases",)),
+        (b"name: caf\xe9\n", [], ("not UTF-8",)),
+    ],
+    ids=["seed", "metric", "epochs", "overflow", "name", "duplicate", "alias-bomb", "latin-1"],
+)
+def test_cli_validate_refuses_and_writes_nothing(
+    tmp_path: Path,
+    quickstart: Path,
+    content: str | bytes | None,
+    overrides: list[str],
+    needles: tuple[str, ...],
+) -> None:
+    path = quickstart if content is None else _written(tmp_path, "s.yaml", content)
+    args = [a for item in overrides for a in ("--set", item)]
+    proc, new = _cli(tmp_path, "validate", str(path), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert new == [], new
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (
+            ["model.kwargs={no_such_arg: 1}"],
+            ("model.kwargs.no_such_arg", "not an argument of timm.create_model('test_resnet')"),
+        ),
+        (
+            ["dataset={name: cifar10, root: missing/cifar10}"],
+            ("dataset.root", "missing/cifar10", "download"),
+        ),
+    ],
+    ids=["model-kwarg", "dataset-root"],
+)
+def test_cli_run_preflight_exits_2_before_anything_starts(
+    tmp_path: Path, quickstart: Path, overrides: list[str], needles: tuple[str, ...]
+) -> None:
+    """Checks that need torch or the data run before Ray, Optuna, MLflow or the results
+    store: the study home stays absent (no mlflow.db, no study folder)."""
+    home = tmp_path / "home"
+    args = [a for item in overrides for a in ("--set", item)]
+    proc, new = _cli(tmp_path, "run", str(quickstart), "--home", str(home), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not home.exists()
+    assert new == [], new
+
+
+def test_preflight_of_the_shipped_studies_and_searched_kwargs(quickstart: Path) -> None:
+    from normstudy.preflight import preflight
+
+    for path in sorted(quickstart.parent.glob("*.yaml")):
+        assert preflight(load_spec(path), data=False) == [], path
+    searched = "search.space.model.kwargs.bogus={type: categorical, choices: [0.0, 0.1]}"
+    problems = preflight(load_spec(quickstart, [searched]))
+    assert len(problems) == 1 and "model.kwargs.bogus" in problems[0], problems
+    assert "search.space['model.kwargs.bogus']" in problems[0]
+
+
+def test_preflight_data(tmp_path: Path, quickstart: Path) -> None:
+    from normstudy.preflight import preflight
+
+    def problems(dataset: str) -> list[str]:
+        return preflight(load_spec(quickstart, [f"dataset={dataset}"]))
+
+    assert problems(f"{{name: cifar10, root: {tmp_path / 'nowhere'}, download: true}}") == []
+    assert "does not hold the cifar10 files" in problems(f"{{name: cifar10, root: {tmp_path}}}")[0]
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    assert "no images" in problems(f"{{name: imagefolder, path: {tmp_path / 'imgs'}}}")[0]
+    (tmp_path / "imgs" / "cat" / "a.png").write_bytes(b"")
+    assert problems(f"{{name: imagefolder, path: {tmp_path / 'imgs'}}}") == []
+    assert "not a folder" in problems(f"{{name: imagefolder, path: {tmp_path / 'none'}}}")[0]

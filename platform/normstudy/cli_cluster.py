@@ -61,6 +61,10 @@ def submit(
         spec = load_spec(path, set_ or [])
     except SpecError as e:
         _fail(str(e))
+    from normstudy.preflight import preflight  # the model here; the data are on the cluster
+
+    if problems := preflight(spec, data=False):
+        _fail(f"{path}: the study cannot run\n" + "\n".join(f"  - {p}" for p in problems))
     try:
         paths = StudyPaths(resolve_home(home), spec.name)
     except StorageError as e:
