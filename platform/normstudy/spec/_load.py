@@ -97,11 +97,13 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+_BRANCHES = ("str", "int", "float", "bool", "SeedsSpec")
+
+
 def _union_tag(part: Any) -> bool:
-    """Pydantic names the branch of a union in an error's location: not a key the user wrote."""
-    return isinstance(part, str) and (
-        "[" in part or part in ("str", "int", "float", "bool") or part.endswith("Spec")
-    )
+    """Pydantic names the branch of a union in an error's location (``list[str]``,
+    ``SeedsSpec``): not a key the user wrote."""
+    return isinstance(part, str) and ("[" in part or part in _BRANCHES)
 
 
 _SHAPE_ERRORS = ("model_type", "dict_type", "list_type")
