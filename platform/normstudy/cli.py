@@ -179,6 +179,10 @@ def run(
     spec = _load(path, set_)
     if resume and overwrite:
         _fail("--resume and --overwrite exclude each other")
+    from normstudy.preflight import preflight  # torch, timm, the data: before Ray or any store
+
+    if problems := preflight(spec, data=env_file is None and not os.environ.get("RAY_ADDRESS")):
+        _fail(f"{path}: the study cannot run\n" + "\n".join(f"  - {p}" for p in problems))
     if env_file is not None:
         # A Ray job runs in an unpacked working_dir that Ray may clean up before the job ends:
         # resolve paths first, then leave it.

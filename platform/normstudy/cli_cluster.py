@@ -66,6 +66,10 @@ def submit(
             "submit needs --home (or NORMSTUDY_HOME): a home every node reaches, "
             "s3://bucket/prefix, gs://bucket/prefix or an NFS path mounted on every node"
         )
+    from normstudy.preflight import preflight  # the model here; the data are on the cluster
+
+    if problems := preflight(spec, data=False):
+        _fail(f"{path}: the study cannot run\n" + "\n".join(f"  - {p}" for p in problems))
     try:
         paths = StudyPaths(resolve_home(home), spec.name)
     except StorageError as e:

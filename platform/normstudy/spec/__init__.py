@@ -2,6 +2,7 @@
 
 from normstudy.spec._distributions import Distribution
 from normstudy.spec._load import SpecError, apply_override, load_spec, parse_override, validate_data
+from normstudy.spec._metrics import metric_catalogue
 from normstudy.spec._model import (
     DatasetSpec,
     ModelSpec,
@@ -23,6 +24,7 @@ __all__ = [
     "TrialConfig",
     "apply_override",
     "load_spec",
+    "metric_catalogue",
     "parse_override",
     "resolve_config",
     "set_dotted",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from normstudy.spec._types import EXACT_INT_MAX, JsonLike
 
 if TYPE_CHECKING:
     import optuna
 
 
 class _Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     def grid_values(self) -> list[Any] | None:
         """Explicit values for the grid sampler, or None for a continuous range."""
@@ -33,6 +36,8 @@ class _Range(_Dist):
     def _ordered(self) -> _Range:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if not math.isfinite(self.high - self.low):
+            raise ValueError(f"high − low overflows ({self.low} .. {self.high}): narrow the range")
         return self
 
     def candidates(self) -> list[Any]:
@@ -61,9 +66,9 @@ class LogUniform(_Range):
 
 class IntRange(_Dist):
     type: Literal["int"]
-    low: int
-    high: int
-    step: Annotated[int, Field(ge=1)] = 1
+    low: Annotated[int, Field(ge=-EXACT_INT_MAX, le=EXACT_INT_MAX)]
+    high: Annotated[int, Field(ge=-EXACT_INT_MAX, le=EXACT_INT_MAX)]
+    step: Annotated[int, Field(ge=1, le=EXACT_INT_MAX)] = 1
     log: bool = False
 
     @model_validator(mode="after")
@@ -83,7 +88,7 @@ class IntRange(_Dist):
 
 class Categorical(_Dist):
     type: Literal["categorical"]
-    choices: Annotated[list[Any], Field(min_length=1)]
+    choices: Annotated[list[JsonLike], Field(min_length=1, max_length=1000)]
 
     def grid_values(self) -> list[Any] | None:
         return list(self.choices)
@@ -99,7 +104,7 @@ class Grid(_Dist):
     """Explicit values (the grid sampler's axes); other samplers treat them as categorical."""
 
     type: Literal["grid"]
-    values: Annotated[list[Any], Field(min_length=1)]
+    values: Annotated[list[JsonLike], Field(min_length=1, max_length=1000)]
 
     def grid_values(self) -> list[Any] | None:
         return list(self.values)

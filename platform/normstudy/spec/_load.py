@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from normstudy.spec._model import StudySpec
+from normstudy.spec._yaml import MAX_BYTES, YamlLimitError, parse_yaml
 from normstudy.storage import Location
 
 
@@ -29,8 +30,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SpecError("--set", [f"{text!r}: write dotted.key=value (e.g. train.epochs=1)"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
+        value = parse_yaml(raw) if raw.strip() else None
+    except YamlLimitError as err:
+        raise SpecError("--set", [f"{key.strip()}: {err}"]) from None
+    except (yaml.YAMLError, ValueError) as err:
         raise SpecError("--set", [f"{text!r}: the value is not valid YAML ({err})"]) from None
     return key.strip(), value
 
@@ -94,14 +97,46 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+_BRANCHES = ("str", "int", "float", "bool", "SeedsSpec")
+
+
+def _union_tag(part: Any) -> bool:
+    """Pydantic names the branch of a union in an error's location (``list[str]``,
+    ``SeedsSpec``): not a key the user wrote."""
+    return isinstance(part, str) and ("[" in part or part in _BRANCHES)
+
+
+_SHAPE_ERRORS = ("model_type", "dict_type", "list_type")
+
+
+def _relevant(errors: list[Any]) -> list[Any]:
+    """Leave out a union branch whose shape does not fit (``seeds: [2**40]`` is a list: that it
+    is not a ``{count: k}`` mapping says nothing) when another branch of it says more."""
+
+    def beside(shape: Any, other: Any) -> bool:
+        field = shape["loc"][:-1]
+        return len(other["loc"]) > len(shape["loc"]) and other["loc"][: len(field)] == field
+
+    return [
+        e
+        for e in errors
+        if not (
+            e["type"] in _SHAPE_ERRORS
+            and e["loc"]
+            and _union_tag(e["loc"][-1])
+            and any(beside(e, o) for o in errors if o["type"] not in _SHAPE_ERRORS)
+        )
+    ]
+
+
 def _explain(err: ValidationError) -> list[str]:
     problems = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+    for e in _relevant(err.errors()):
+        loc = tuple(p for p in e["loc"] if not _union_tag(p))
         where = ".".join(str(p) for p in loc)
         if loc[:2] == ("search", "space") and len(loc) > 2:
-            # The distribution's tag ('loguniform') is not a key the user wrote.
-            rest = [str(p) for p in loc[4:]]
+            # The distribution's tag ('loguniform', 'int') is not a key the user wrote.
+            rest = [str(p) for p in e["loc"][4:]]
             where = f"search.space[{loc[2]!r}]" + "".join(f".{p}" for p in rest)
         msg = e["msg"].removeprefix("Value error, ")
         if msg.startswith(f"{where}.") or msg.startswith(f"{where}:"):
@@ -126,22 +161,33 @@ def validate_data(data: Any, source: str = "<spec>") -> StudySpec:
         raise SpecError(source, _explain(err)) from None
 
 
-def _read(path: str | Path | Location) -> tuple[str, str]:
-    """The file's text and its name for messages; a study in a remote home is a `Location`."""
+def _read_bytes(path: str | Path | Location) -> tuple[bytes, str]:
+    """The file's bytes (at most ``MAX_BYTES`` + 1) and its name for messages; a study in a
+    remote home is a `Location`."""
     if isinstance(path, Location):
         try:
-            return path.read_bytes().decode("utf-8"), path.uri
+            return path.read_bytes(), path.uri
         except FileNotFoundError:
             raise SpecError(path.uri, ["no such file"]) from None
-        except UnicodeDecodeError as err:
-            raise SpecError(path.uri, [f"not UTF-8 text ({err})"]) from None
     local = Path(path)
     if not local.is_file():
         raise SpecError(str(local), ["no such file"])
     try:
-        return local.read_text(encoding="utf-8"), str(local)
+        with local.open("rb") as f:
+            return f.read(MAX_BYTES + 1), str(local)
+    except OSError as err:
+        raise SpecError(str(local), [f"cannot be read ({err.strerror or err})"]) from None
+
+
+def _read(path: str | Path | Location) -> tuple[str, str]:
+    """The file's text and its name for messages."""
+    data, source = _read_bytes(path)
+    if len(data) > MAX_BYTES:
+        raise SpecError(source, [f"larger than {MAX_BYTES} bytes: not a study description"])
+    try:
+        return data.decode("utf-8"), source
     except UnicodeDecodeError as err:
-        raise SpecError(str(local), [f"not UTF-8 text ({err}); save the file as UTF-8"]) from None
+        raise SpecError(source, [f"not UTF-8 text ({err}); save the file as UTF-8"]) from None
 
 
 def load_spec(
@@ -150,9 +196,12 @@ def load_spec(
     """Load and validate a study description, applying ``dotted.key=value`` overrides first."""
     text, source = _read(path)
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
+        data = parse_yaml(text)
+    except YamlLimitError as err:
+        raise SpecError(source, [str(err)]) from None
+    except (yaml.YAMLError, ValueError) as err:
         raise SpecError(source, [f"not valid YAML: {err}"]) from None
+    data = {} if data is None else data
     if isinstance(data, dict):
         for item in overrides:
             apply_override(data, *parse_override(item))

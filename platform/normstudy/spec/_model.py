@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from normstudy.spec._distributions import Distribution
+from normstudy.spec._types import (
+    NAME_RE,
+    BatchSize,
+    EpochCount,
+    Epochs,
+    JsonLike,
+    PathText,
+    SampleCount,
+    Seed,
+    StepCount,
+    TrialCount,
+    Workers,
+    check_finite_tree,
+)
 
 Mode = Literal["max", "min"]
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 
 class Strict(BaseModel):
-    """Base for every spec section: unknown keys are errors, assignments are validated."""
+    """Base for every spec section: unknown keys are errors, assignments are validated, floats
+    are finite (inf and nan are refused with the field named)."""
 
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+        extra="forbid",
+        validate_assignment=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
 
 
 class AugmentSpec(Strict):
     """Training-time augmentation, applied on batches of tensors."""
 
-    crop_padding: Annotated[int, Field(ge=0)] = 0
+    crop_padding: Annotated[int, Field(ge=0, le=512)] = 0
     """Pad-crop: pad each side by this many pixels (reflect), then crop back at random (0: off)."""
     flip: bool = False
     """Random horizontal flip with probability 1/2."""
@@ -46,11 +62,11 @@ class DatasetSpec(Strict):
     name: Literal[
         "digits", "cifar10", "cifar100", "svhn", "fashion_mnist", "imagefolder", "synthetic"
     ] = "digits"
-    root: str | None = None
+    root: PathText | None = None
     """Folder holding a torchvision dataset (cifar10, cifar100, svhn, fashion_mnist)."""
     download: bool = False
     """Download into ``root`` when missing (never done unless asked)."""
-    path: str | None = None
+    path: PathText | None = None
     """imagefolder: a folder with one sub-folder per class (or train/ and test/ inside)."""
     image_size: Annotated[int, Field(ge=4, le=1024)] | None = None
     """Resize images to this side length (default: the dataset's own; digits: 16)."""
@@ -58,14 +74,14 @@ class DatasetSpec(Strict):
     """Share of each class of the training set held out for validation (deterministic)."""
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     """For datasets without a test split (digits, imagefolder without test/, synthetic)."""
-    split_seed: int = 0
+    split_seed: Seed = 0
     """Seed of the class-wise splits; fixed per study so every trial sees the same split."""
     normalize: bool = True
     """Standardize inputs with the training set's channel mean/std (off under input_norm)."""
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
-    num_samples: Annotated[int, Field(ge=10)] = 2000
+    num_samples: Annotated[int, Field(ge=10, le=1_000_000)] = 2000
     """synthetic: number of samples."""
-    num_classes: Annotated[int, Field(ge=2)] = 10
+    num_classes: Annotated[int, Field(ge=2, le=100_000)] = 10
     """synthetic: number of classes."""
     channels: Annotated[int, Field(ge=1, le=4)] = 3
     """synthetic: number of channels."""
@@ -91,7 +107,7 @@ class ModelSpec(Strict):
     """Replace the stem with a 3x3 stride-1 conv and no max-pool (small images)."""
     drop_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     """timm's dropout before the classifier."""
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: Annotated[dict[str, JsonLike], Field(max_length=100)] = Field(default_factory=dict)
     """Further keyword arguments for ``timm.create_model``."""
 
     @field_validator("name")
@@ -105,9 +121,9 @@ class ModelSpec(Strict):
 
 class ScheduleSpec(Strict):
     name: Literal["cosine", "step", "exponential", "constant"] = "cosine"
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    warmup_epochs: EpochCount = 0
     """Linear warmup from lr/100 over this many epochs, then the schedule."""
-    step_size: Annotated[int, Field(ge=1)] = 30
+    step_size: Epochs = 30
     """step: epochs between decays."""
     gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     """step/exponential: the decay factor (exponential: per epoch)."""
@@ -122,39 +138,43 @@ class TrainSpec(Strict):
     nesterov: bool = False
     weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
     """Applied to conv/linear weights only: norm parameters and biases get none."""
-    batch_size: Annotated[int, Field(ge=1)] = 128
-    eval_batch_size: Annotated[int, Field(ge=1)] = 512
-    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: BatchSize = 128
+    eval_batch_size: BatchSize = 512
+    epochs: Epochs = 10
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     lr_scaling: Literal["none", "linear"] = "none"
     """linear: lr = lr · batch_size / lr_reference_batch, so batch-size scaling studies
     compare like with like (001)."""
-    lr_reference_batch: Annotated[int, Field(ge=1)] = 128
-    max_steps_per_epoch: Annotated[int, Field(ge=1)] | None = None
+    lr_reference_batch: BatchSize = 128
+    max_steps_per_epoch: StepCount | None = None
     """Cap the optimizer steps per epoch (smoke tests, benchmarks); None: the whole split."""
-    threads: Annotated[int, Field(ge=1)] | None = None
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     """torch CPU threads per trial (default: the trial's CPU resources)."""
+
+
+Strengths = Annotated[list[Annotated[float, Field(gt=0.0)]], Field(max_length=100)]
+"""Noise σ or attack ε values of the robustness evaluations (input scale)."""
 
 
 class EvaluationSpec(Strict):
     """Evaluations beyond loss/accuracy/ECE; test-time ones run on each new best model."""
 
-    evalmode_train_samples: Annotated[int, Field(ge=0)] = 512
+    evalmode_train_samples: SampleCount = 512
     """train/loss_evalmode on this many fixed training samples (0: off)."""
     dropout50: bool = True
     """test/dropout50_drop: accuracy lost with 50% dropout on the embedding at test time."""
     coverage: bool = True
     """test/aurc and the error-coverage curve (reject by predictive entropy)."""
-    noise_sigmas: list[Annotated[float, Field(gt=0.0)]] = Field(default_factory=list)
+    noise_sigmas: Strengths = Field(default_factory=list)
     """test/acc_noise@σ: accuracy under Gaussian input noise of these σ (input scale)."""
-    fgsm_eps: list[Annotated[float, Field(gt=0.0)]] = Field(default_factory=list)
+    fgsm_eps: Strengths = Field(default_factory=list)
     """test/acc_fgsm@ε: accuracy under an FGSM attack of these strengths (input scale)."""
 
 
 class SchedulerSpec(Strict):
     name: Literal["fifo", "asha"] = "fifo"
-    grace_period: Annotated[int, Field(ge=1)] = 1
+    grace_period: Epochs = 1
     """asha: epochs every trial gets before it can be stopped."""
     reduction_factor: Annotated[float, Field(gt=1.0)] = 3.0
     """asha: keep 1/reduction_factor of the trials at each rung."""
@@ -162,18 +182,18 @@ class SchedulerSpec(Strict):
 
 class SearchSpec(Strict):
     sampler: Literal["tpe", "random", "grid", "cmaes", "nsga2"] = "tpe"
-    num_samples: Annotated[int, Field(ge=1)] = 8
+    num_samples: TrialCount = 8
     """Trials to run (grid: at most the grid's size; default for grid is the whole grid)."""
-    metric: str | list[str] = "val/acc"
+    metric: str | Annotated[list[str], Field(min_length=1, max_length=16)] = "val/acc"
     """Reported metric(s) to optimize; a trial's score is its best value over its epochs."""
-    mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+    mode: Mode | Annotated[list[Mode], Field(max_length=16)] = "max"
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    max_concurrent: Annotated[int, Field(ge=1)] = 2
-    seed: int = 0
+    max_concurrent: Workers = 2
+    seed: Seed = 0
     """Seed of the sampler (the search is reproducible given the same results)."""
-    n_startup_trials: Annotated[int, Field(ge=0)] | None = None
+    n_startup_trials: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     """tpe/cmaes: random trials before the model kicks in (default: Optuna's)."""
-    space: dict[str, Distribution] = Field(default_factory=dict)
+    space: Annotated[dict[str, Distribution], Field(max_length=100)] = Field(default_factory=dict)
     """Dotted config keys (``train.lr``, ``plugins.gamma_init.value``) -> distributions."""
     storage: str | None = None
     """Optuna RDB URL (e.g. ``postgresql://optuna@head:5432/optuna``); default: sqlite in the
@@ -238,13 +258,13 @@ class SearchSpec(Strict):
 
 
 class ResourcesSpec(Strict):
-    cpus: Annotated[float, Field(gt=0.0)] = 1.0
-    gpus: Annotated[float, Field(ge=0.0)] = 0.0
+    cpus: Annotated[float, Field(gt=0.0, le=4096.0)] = 1.0
+    gpus: Annotated[float, Field(ge=0.0, le=1024.0)] = 0.0
     """Fractions share a GPU between trials (e.g. 0.25: four trials per GPU)."""
 
 
 class FailureSpec(Strict):
-    max_retries: Annotated[int, Field(ge=-1)] = 1
+    max_retries: Annotated[int, Field(ge=-1, le=1000)] = 1
     """Retries of a failed trial, from its last checkpoint (-1: forever)."""
 
 
@@ -257,6 +277,7 @@ class SeedsSpec(Strict):
 
 class StudySpec(Strict):
     name: str
+    """Names the study's folder and MLflow experiment: lower-case letters, digits, '-', '_'."""
     description: str = ""
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -268,7 +289,9 @@ class StudySpec(Strict):
     """Named plugin sets added on top of ``plugins`` (a variant's options win), compared by
     searching ``search.space.variant`` (e.g. BN vs. PN + γ decay vs. BN + dropout)."""
     search: SearchSpec = Field(default_factory=SearchSpec)
-    seeds: list[int] | SeedsSpec = Field(default_factory=lambda: [0])
+    seeds: Annotated[list[Seed], Field(max_length=1000)] | SeedsSpec = Field(
+        default_factory=lambda: [0]
+    )
     """Training seeds of each configuration in this phase."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
@@ -276,10 +299,10 @@ class StudySpec(Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, name: str) -> str:
-        if not _NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise ValueError(
-                "name must be lower-case letters, digits, '-' or '_' (it names folders and the "
-                f"MLflow experiment); got {name!r}"
+                "name must be 1 to 100 lower-case letters, digits, '-' or '_', starting with a "
+                f"letter or digit (it names folders and the MLflow experiment); got {name!r}"
             )
         return name
 
@@ -292,6 +315,7 @@ class StudySpec(Strict):
             return {}
         if not isinstance(value, dict):
             raise ValueError("plugins must be a mapping of plugin name -> options")
+        check_finite_tree(value, "plugins")
         return validate_plugin_options(value)
 
     @field_validator("variants", mode="before")
@@ -303,10 +327,13 @@ class StudySpec(Strict):
             return {}
         if not isinstance(value, dict):
             raise ValueError("variants must map a variant name to a set of plugins")
+        check_finite_tree(value, "variants")
         out = {}
         for name, plugins in value.items():
-            if not _NAME_RE.match(str(name)):
-                raise ValueError(f"variants.{name}: use lower-case letters, digits, '-' or '_'")
+            if not NAME_RE.fullmatch(str(name)):
+                raise ValueError(
+                    f"variants.{name}: use 1 to 100 lower-case letters, digits, '-' or '_'"
+                )
             try:
                 out[str(name)] = validate_plugin_options(plugins or {})
             except ValueError as err:
@@ -335,6 +362,7 @@ class StudySpec(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> StudySpec:
         from normstudy.plugins import check_combination
+        from normstudy.spec._metrics import check_search_metrics
         from normstudy.spec._space import check_space
 
         for variant in self.variants or {"": {}}:
@@ -357,6 +385,7 @@ class StudySpec(Strict):
                 f"{self.search.sampler!r} evaluates each configuration once; list one seed, or "
                 "use search.sampler 'grid' (the seeds become a grid axis)"
             )
+        check_search_metrics(self)
         return self
 
     def with_absolute_paths(self) -> StudySpec:
@@ -406,7 +435,7 @@ class TrialConfig(Strict):
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     variant: str | None = None
     """The study variant (named plugin set) this trial runs, if the study has variants."""
-    seed: int = 0
+    seed: Seed = 0
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @field_validator("plugins", mode="before")
@@ -414,4 +443,5 @@ class TrialConfig(Strict):
     def _plugins(cls, value: Any) -> Any:
         from normstudy.plugins import validate_plugin_options
 
+        check_finite_tree(value or {}, "plugins")
         return validate_plugin_options(value or {})
