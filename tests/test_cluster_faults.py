@@ -377,3 +377,28 @@ def test_mlflow_outage_is_backfilled(two_nodes: Env, quickstart_path: Path) -> N
     children = mlflow_children(env, study)
     assert len(children) == N_TRIALS
     one_point_per_epoch(env, children, epochs)
+
+
+def test_a_local_run_never_attaches_to_a_cluster_on_the_machine(
+    two_nodes: Env, quickstart_path: Path, tmp_path: Path
+) -> None:
+    """Without RAY_ADDRESS a study runs on a fresh local Ray instance, even where `ray start`
+    recorded a cluster in the temp dir Ray looks in (it used to attach to it silently)."""
+    env = two_nodes
+    assert env.cluster.head is not None
+    cluster_nodes = {env.cluster.head.node_id(), *(w.node_id() for w in env.cluster.workers)}
+    local = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_TRACKING"))
+    }
+    local.update({"RAY_TMPDIR": str(env.cluster.temp_dir), "RAY_AUTH_MODE": "disabled"})
+    home = tmp_path / "home"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "normstudy", "run", str(quickstart_path), "--home", str(home),
+            *study_args("cl-local", epochs=1), "--set", "search.num_samples=1",
+        ],
+        capture_output=True, text=True, timeout=600, env=local,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (row,) = rows(str(home), "cl-local")
+    assert row["node"] and row["node"] not in cluster_nodes

@@ -493,3 +493,65 @@ def _assert_not_in_study_files(folder: object, secret: str) -> None:
     for info in files:
         with folder.fs.open_input_stream(info.path) as stream:
             assert secret.encode() not in stream.read(), f"secret in {info.path}"
+
+
+def test_an_optuna_trial_lost_with_the_driver_is_requeued_not_resuggested(
+    tmp_path: Path, quickstart: Path
+) -> None:
+    """A driver killed hard can leave an Optuna trial that Tune's saved state never recorded.
+    On --resume it is told FAIL and its configuration runs again: the study still ends with
+    exactly N trials, one of them with the lost trial's parameters."""
+    import optuna
+
+    from normstudy.search._space import define_by_run
+    from normstudy.spec import load_spec
+
+    home, n = tmp_path / "home", 3
+    args = [
+        "run", str(quickstart), "--home", str(home), *FAST,
+        "--set", f"search.num_samples={n}", "--set", "search.max_concurrent=1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "normstudy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        results = home / "quickstart" / "results"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(results.glob("*.parquet"))) >= 1:
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # What a killed driver leaves: a RUNNING Optuna trial that Tune never heard of.
+    spec = load_spec(quickstart)
+    storage = f"sqlite:///{home / 'quickstart' / 'optuna.db'}"
+    study = optuna.load_study(study_name="quickstart", storage=storage)
+    lost = {"plugins.gamma_init.value": 0.5, "plugins.lr_divisor.gamma": 7.0, "train.lr": 0.01}
+    study.enqueue_trial(lost)
+    orphan = study.ask()
+    space = {k: d.model_dump(mode="json") for k, d in spec.search.space.items()}
+    define_by_run(orphan, space, spec.seed_list())
+    before = len(study.trials)
+
+    again = _normstudy(*args, "--resume")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "were lost with the last driver" in again.stderr
+    trials = optuna.load_study(study_name="quickstart", storage=storage).trials
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == n
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert len(trials) == n + 1 and before <= n + 1, "a lost trial's slot got a new suggestion"
+    rerun = [t for t in trials if t.user_attrs.get("normstudy.requeued_from") == orphan.number]
+    assert len(rerun) == 1 and rerun[0].state == optuna.trial.TrialState.COMPLETE
+    assert rerun[0].params == pytest.approx(lost)
+    rows = _rows(home, "quickstart")
+    assert len({r["trial_id"] for r in rows}) == n
+    assert all(r["status"] == "completed" for r in rows)
+    assert any(r["config.train.lr"] == pytest.approx(0.01) for r in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,11 @@ def _read_file(file: Location) -> pa.Table | None:
     # One GET, then parse: reading an object store's file in ranged parts could mix the old
     # and the new version of a file the driver replaces meanwhile.
     try:
-        return pq.read_table(pa.BufferReader(file.read_bytes()))
+        try:
+            return pq.read_table(pa.BufferReader(file.read_bytes()))
+        except pa.ArrowInvalid:  # a store answering inconsistently under load: ask once more
+            time.sleep(0.2)
+            return pq.read_table(pa.BufferReader(file.read_bytes()))
     except FileNotFoundError:  # replaced or deleted between listing and reading
         return None
     except (pa.ArrowInvalid, OSError) as e:

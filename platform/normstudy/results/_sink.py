@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from normstudy.results._schema import STATUSES, rows_to_table, scalar
-from normstudy.storage import Location, as_location
+from normstudy.storage import Location, StorageError, as_location
+
+_READ_TRIES = 5
 
 # A trial id becomes a file name; anything that could escape the directory or hide the
 # file (a leading dot marks temp files) is refused.
@@ -54,11 +57,22 @@ class ResultsSink:
 
     def load(self, trial_id: str) -> list[dict[str, Any]]:
         """The trial's stored rows, ordered by epoch; [] if it has none."""
-        try:
-            data = self.path(trial_id).read_bytes()
-        except FileNotFoundError:
-            return []
-        return pq.read_table(pa.BufferReader(data)).to_pylist()
+        path = self.path(trial_id)
+        for attempt in range(_READ_TRIES):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return []
+            try:
+                return pq.read_table(pa.BufferReader(data)).to_pylist()
+            except pa.ArrowInvalid as e:
+                # Only this sink writes the file, whole: a read that does not parse met a
+                # store that answered inconsistently under load; ask again rather than
+                # overwrite the trial's earlier epochs with this one alone.
+                if attempt == _READ_TRIES - 1:
+                    raise StorageError(f"{path}: not readable as Parquet ({e})") from e
+                time.sleep(0.2 * 2**attempt)
+        return []
 
     def update(
         self,

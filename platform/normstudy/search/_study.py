@@ -66,6 +66,22 @@ def _prepare_folder(spec: StudySpec, paths: StudyPaths, resume: bool, overwrite:
     paths.spec_file.write_text(resolved)
 
 
+def _reconcile_optuna(spec: StudySpec, paths: StudyPaths) -> None:
+    """A restored searcher reopens the Optuna storage it was pickled with: bring the home's
+    copy first (another machine may have run the study), then settle trials Tune never saved."""
+    from normstudy.search._optuna_store import pull, storage_url
+    from normstudy.search._reconcile import requeue_orphans
+
+    pull(spec, paths)
+    orphans = requeue_orphans(spec, paths, storage_url(spec, paths))
+    if orphans:
+        logging.getLogger("normstudy").warning(
+            "Optuna trials %s were lost with the last driver: marked FAIL, their "
+            "configurations run again",
+            orphans,
+        )
+
+
 def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
@@ -332,6 +348,7 @@ def _tuner(spec: StudySpec, paths: StudyPaths, callbacks: list[Any], resume: boo
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
     if resume and tune.Tuner.can_restore(paths.tune.uri):
+        _reconcile_optuna(spec, paths)
         tuner = tune.Tuner.restore(paths.tune.uri, trainable=trainable, resume_errored=True)
         # Callbacks hold threads and consoles and are pickled empty: give them anew.
         assert tuner._local_tuner is not None
