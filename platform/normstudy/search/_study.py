@@ -162,8 +162,11 @@ def run_study(
     held until the run ends, however it ends. A live holder elsewhere raises `StudyStateError`
     naming it, having touched nothing; a stale one is taken over with a notice on ``console``.
     """
+    from normstudy.home import cache_dir
     from normstudy.storage import LeaseHeldError, StudyLease
+    from normstudy.storage._credentials import move_aws_keys_to_file
 
+    move_aws_keys_to_file(cache_dir() / "credentials")  # before any store or Ray sees them
     lease = StudyLease(StudyPaths(home, spec.name).root)
     try:
         lease.acquire()
@@ -203,11 +206,8 @@ def _run_leased(
     overwrite: bool,
     tracking: str | None,
 ) -> StudyOutcome:
-    from normstudy.home import cache_dir
     from normstudy.search._space import num_trials
-    from normstudy.storage._credentials import move_aws_keys_to_file
 
-    move_aws_keys_to_file(cache_dir() / "credentials")  # before any store or Ray sees them
     spec = spec.with_absolute_paths()
     paths = StudyPaths(home, spec.name)
     created = overwrite or not paths.spec_file.exists()

@@ -38,6 +38,12 @@ def move_aws_keys_to_file(folder: Path) -> Path | None:
     for key in found:
         del os.environ[key]
     atexit.register(_remove, path)
+    # A file system opened while the keys were in the environment loses them now; its SDK
+    # client then signs uploads differently (aws-chunked with trailing checksums), which some
+    # S3-compatible stores save verbatim. Open file systems anew from here on.
+    from normstudy.storage._location import _filesystem
+
+    _filesystem.cache_clear()
     return path
 
 
