@@ -386,7 +386,7 @@ def test_a_local_run_never_attaches_to_a_cluster_on_the_machine(
     recorded a cluster in the temp dir Ray looks in (it used to attach to it silently)."""
     env = two_nodes
     assert env.cluster.head is not None
-    cluster_nodes = {env.cluster.head.node_id(), *(w.node_id() for w in env.cluster.workers)}
+    cluster_nodes = {env.cluster.head.node_id(), *(w.node_id() for w in env.cluster.live_workers())}
     local = {
         k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_TRACKING"))
     }
