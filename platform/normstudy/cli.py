@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn, cast
+from typing import Annotated, Literal, cast
 
 import typer
-from rich.console import Console
 
+from normstudy.cli_output import err, out
+from normstudy.cli_output import fail as _fail
 from normstudy.redact import redact
 
 app = typer.Typer(
@@ -23,8 +24,6 @@ app = typer.Typer(
     help="Hyperparameter and scaling studies of normalization: Ray Tune + Optuna over timm "
     "models, MLflow runs, Parquet results, paper-style reports.",
 )
-out = Console()
-err = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -58,11 +57,6 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a field before validation: dotted.key=value (repeat)."),
 ]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {redact(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _load(path: Path, overrides: list[str] | None):  # type: ignore[no-untyped-def]

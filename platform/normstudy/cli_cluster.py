@@ -6,20 +6,12 @@ Ray and MLflow are imported inside the commands, so ``normstudy --help`` stays f
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    from normstudy.redact import redact
-
-    err.print(f"[bold red]error:[/bold red] {redact(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+from normstudy.cli_output import err, out
+from normstudy.cli_output import fail as _fail
 
 
 def submit(

@@ -8,28 +8,22 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
     import pandas as pd
 
-out = Console()
-err = Console(stderr=True)
+from normstudy.cli_output import fail as _fail
+from normstudy.cli_output import out
 
 DEFAULT_SIZES = "8,16,32,64,128"
 
 
 class TrialNotFoundError(LookupError):
     """A trial folder, its parameters or its checkpoint is missing."""
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def find_trial_dir(tune_dir: Path, trial_id: str) -> Path:

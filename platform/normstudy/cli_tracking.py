@@ -5,18 +5,12 @@ MLflow is imported inside the commands, so ``normstudy --help`` stays fast.
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+from normstudy.cli_output import err, out
+from normstudy.cli_output import fail as _fail
 
 
 def sync_mlflow(

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import html
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -202,16 +199,8 @@ def _html(table: ReportTable) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Writes beside ``path`` and renames over it, so a reader never sees half a report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide reports from others
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Replaces ``path`` whole, so a reader never sees half a report (the storage layer's
+    write: beside it, flushed, renamed over it)."""
+    from normstudy.storage import as_location
+
+    as_location(path).write_text(text)
