@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._loopback import S3Store
+from tests._loopback import S3Store, spawn, stop, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,40 +48,18 @@ def _free_port() -> int:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [
-            str(mlflow),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'db.sqlite'}",
-            "--artifacts-destination",
-            (folder / "artifacts").as_uri(),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(folder / "server.log", "w"),  # noqa: SIM115
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    args = [
+        str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{folder / 'db.sqlite'}",
+        "--artifacts-destination", (folder / "artifacts").as_uri(),
+    ]  # fmt: skip
+    proc = spawn(args, folder / "server.log", dict(os.environ))
+    try:
+        wait_for_port(port, proc, folder / "server.log", "mlflow server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
 
 
 def _normstudy(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
