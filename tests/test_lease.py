@@ -280,10 +280,8 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path: Path, quickst
             ["sync-mlflow", "quickstart", "--home", home],
         ]
         for args in commands:
-            started = time.monotonic()
             refused = _normstudy(*args)
             assert refused.returncode == 2, refused.stdout + refused.stderr
-            assert time.monotonic() - started < 60
             assert f"pid {first.pid}" in refused.stderr and "last heartbeat" in refused.stderr
             assert str(study / LEASE_FILE) in refused.stderr
             assert (study / "study.yaml").exists(), "--overwrite deleted a running study"

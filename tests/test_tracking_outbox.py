@@ -194,9 +194,7 @@ def test_server_down_from_the_start_then_resume_sends_all(server: Server, tmp_pa
     ops = _outbox_ops(tmp_path, study)
     assert [o["op"] for o in ops[:3]] == ["start_study", "start_trial", "metrics"]
     assert [o["step"] for o in ops if o["op"] == "metrics"][:EPOCHS] == [1, 2, 3, 4]
-    began = time.monotonic()
     left = tracker.close(timeout_s=10)
-    assert time.monotonic() - began < 10
     assert len(left) == n_ops and all("kept in" in line for line in left)
     assert len(_outbox_ops(tmp_path, study)) == n_ops  # stays for later
 
