@@ -12,6 +12,7 @@ import torch
 from normstudy.spec import TrialConfig
 from normstudy.trial import LocalReporter, run_trial
 from normstudy.trial._metrics import expected_calibration_error
+from normstudy.trial._reporter import load_state
 from normstudy.trial._schedule import lr_factor
 from normstudy.trial._train import _Trial
 
@@ -110,6 +111,12 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path: Path) -> None:
     run_trial(_config(), resumed)
     assert [h["epoch"] for h in resumed.history] == [3]
     assert _without_time(resumed.history) == _without_time(whole.history[2:])
+    # The checkpoint holds every epoch's numbers so far: the record a lost result file is
+    # rebuilt from (`normstudy doctor --repair`).
+    record = load_state(tmp_path)["history"]
+    numbers = [{k: v for k, v in h.items() if isinstance(v, float | int)} for h in whole.history]
+    assert [h["epoch"] for h in record] == [1, 2, 3]
+    assert _without_time(record) == _without_time(numbers)
 
 
 def test_lr_divisor_ratio_survives_the_schedule() -> None:

@@ -373,9 +373,10 @@ def _type_name(annotation: object) -> str:
 
 
 def _register_extra_commands() -> None:
-    from normstudy import cli_cluster, cli_diagnostics, cli_tracking
+    from normstudy import cli_cluster, cli_diagnostics, cli_doctor, cli_tracking
 
     cli_diagnostics.register(app)
+    cli_doctor.register(app)
     cli_cluster.register(app)
     cli_tracking.register(app)
 

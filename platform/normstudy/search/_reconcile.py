@@ -9,6 +9,7 @@ again (as a new trial, from scratch: its checkpoints belong to a trial Tune no l
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     from normstudy.spec import StudySpec
 
 REQUEUED_FROM = "normstudy.requeued_from"
+LOST_ERROR = (
+    "LostTrial: the driver was killed before Tune saved this trial; its configuration runs "
+    "again as a new trial"
+)
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -36,15 +41,44 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _known_configs(paths: StudyPaths) -> list[dict[str, Any]]:
-    """The sampled configurations of every trial in Tune's saved experiment state."""
+def tune_trials(paths: StudyPaths) -> list[Any] | None:
+    """The trials of Tune's saved experiment state; None when nothing is saved (yet)."""
     from ray.tune import ExperimentAnalysis
 
+    # It warns about each trial's missing result.json: Parquet holds results, not Tune's logs.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
-        analysis = ExperimentAnalysis(paths.tune.uri)
-    except (OSError, ValueError, RuntimeError):  # nothing saved yet: every trial is unknown
+        return list(ExperimentAnalysis(paths.tune.uri).trials)
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def _known_configs(paths: StudyPaths) -> list[dict[str, Any]]:
+    """The sampled configurations of every trial in Tune's saved experiment state."""
+    return [_flat(dict(trial.config)) for trial in tune_trials(paths) or []]
+
+
+def lost_results(paths: StudyPaths) -> list[str]:
+    """Trials the results show running that Tune's saved state does not have: a driver killed
+    hard started them after Tune last saved, so no resume continues them."""
+    from normstudy.results import read_results
+
+    table = read_results(paths.results).select(["trial_id", "status"]).to_pylist()
+    running = {r["trial_id"] for r in table if r["status"] == "running"}
+    if not running:
         return []
-    return [_flat(dict(trial.config)) for trial in analysis.trials]
+    known = {t.trial_id for t in tune_trials(paths) or []}
+    return sorted(running - known)
+
+
+def settle_lost_results(paths: StudyPaths, trial_ids: list[str]) -> None:
+    """Marks lost trials' results as errors (their Optuna trials are told FAIL and their
+    configurations rerun: see `requeue_orphans`), so no table waits for them."""
+    from normstudy.results import ResultsSink
+
+    sink = ResultsSink(paths.results)
+    for trial_id in trial_ids:
+        sink.update(trial_id, [], status="error", fields={"error": LOST_ERROR})
 
 
 def requeue_orphans(spec: StudySpec, paths: StudyPaths, storage_url: str) -> list[int]:

@@ -82,6 +82,23 @@ def _reconcile_optuna(spec: StudySpec, paths: StudyPaths) -> None:
         )
 
 
+def _settle_lost(paths: StudyPaths, tracker: Any, console: Console) -> None:
+    """Results of trials a killed driver started but Tune never saved: errors, in MLflow too."""
+    from normstudy.search._reconcile import lost_results, settle_lost_results
+
+    lost = lost_results(paths)
+    settle_lost_results(paths, lost)
+    for trial_id in lost:
+        tracker.trial_ended(trial_id, {}, "FAILED")
+    if lost:
+        console.print(
+            f"[yellow]notice:[/yellow] trials {', '.join(lost)} were lost with the last driver "
+            "(Tune never saved them): their results are marked error",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
@@ -137,6 +154,10 @@ def _init_ray() -> None:
     address = os.environ.get("RAY_ADDRESS") or None
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address is None:
+        from normstudy.search._reaper import children_of_this_process, start_reaper
+
+        before = children_of_this_process()
     ray.init(
         address=address or "local",
         include_dashboard=False if address is None else None,
@@ -144,6 +165,8 @@ def _init_ray() -> None:
         configure_logging=True,
         logging_level=logging.ERROR,
     )
+    if address is None:  # what this driver started is stopped however the driver ends
+        start_reaper(children_of_this_process() - before)
 
 
 def run_study(
@@ -222,6 +245,8 @@ def _run_leased(
         _init_ray()
         _check_resources(spec)
         tracker = _tracker(spec, paths, tracking)
+        if resume:
+            _settle_lost(paths, tracker, console)
         tuner = _tuner(spec, paths, _callbacks(spec, paths, tracker, console, total), resume)
     except BaseException:
         if created and not resume:  # nothing ran: leave no half-made study behind

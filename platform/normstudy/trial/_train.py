@@ -95,6 +95,9 @@ class _Trial:
         self.best: dict[str, float] = {}
         self.test: dict[str, float] = {}
         self.artifacts: dict[str, str] = {}
+        # Every epoch's numeric metrics so far: a checkpoint then holds the trial's whole
+        # record, from which `normstudy doctor --repair` rebuilds a lost result file.
+        self.history: list[dict[str, float]] = []
 
     # -- checkpoint state -------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -109,6 +112,7 @@ class _Trial:
             "best": dict(self.best),
             "test": dict(self.test),
             "artifacts": dict(self.artifacts),
+            "history": [dict(h) for h in self.history],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -119,6 +123,7 @@ class _Trial:
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.best, self.test = state["epoch"], state["best"], state["test"]
         self.ctx.step, self.artifacts = state["step"], state["artifacts"]
+        self.history = list(state.get("history", []))  # absent from older checkpoints
 
     # -- training ---------------------------------------------------------------------------
     def _extra(self, batch_size: int) -> torch.Tensor | None:
@@ -275,6 +280,15 @@ class _Trial:
         return improved_first
 
 
+def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of an epoch's metrics (not its artifact texts)."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
 def run_trial(
     config: dict[str, Any],
     reporter: Reporter,
@@ -299,5 +313,6 @@ def run_trial(
     metrics: dict[str, Any] = {}
     while trial.epoch < trial.cfg.train.epochs:
         metrics = trial.run_epoch(objectives)
+        trial.history.append(numeric_metrics(metrics))
         reporter.report(metrics, trial.state())
     return metrics
