@@ -69,7 +69,9 @@ def test_a_killed_driver_resumes_into_one_consistent_study(
 
     again = _normstudy(*args, "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "took over the lease" in again.stdout + again.stderr  # the dead driver's
+    assert "took over the lease" in again.stdout  # the dead driver's
+    assert f"process {proc.pid} is gone" in again.stdout
+    assert not (home / "quickstart" / "driver.lease").exists()  # released at the end
 
     # Parquet: N completed trials with every epoch once; a trial Tune never saved is an error.
     rows = _rows(home, "quickstart")

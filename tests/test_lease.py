@@ -278,6 +278,7 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path: Path, quickst
             ["run", quickstart, "--home", home, *FAST],
             ["run", quickstart, "--home", home, "--overwrite", *FAST],
             ["sync-mlflow", "quickstart", "--home", home],
+            ["doctor", "quickstart", "--home", home, "--repair"],
         ]
         for args in commands:
             refused = _normstudy(*args)
@@ -285,31 +286,40 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path: Path, quickst
             assert f"pid {first.pid}" in refused.stderr and "last heartbeat" in refused.stderr
             assert str(study / LEASE_FILE) in refused.stderr
             assert (study / "study.yaml").exists(), "--overwrite deleted a running study"
+        (running,) = json.loads(_normstudy("status", "--home", home, "--format", "json").stdout)
+        assert running["running_now"] and f"pid {first.pid}" in running["job"]
         assert first.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
         _stop_driver(first)
     assert list(_trials(home).values()) == ["completed"] * N_TRIALS
     assert not (study / LEASE_FILE).exists()
-
-
-@pytest.mark.integration
-@pytest.mark.slow
-def test_resume_takes_over_the_lease_of_a_killed_driver(tmp_path: Path, quickstart: Path) -> None:
-    home, log = tmp_path / "home", tmp_path / "first.log"
-    study = home / "quickstart"
-    first = _start_driver(quickstart, home, log)
+    (ended,) = json.loads(_normstudy("status", "--home", home, "--format", "json").stdout)
+    assert ended["done"] == ended["of"] == N_TRIALS and not ended["running_now"]
+    assert ended["elapsed_s"] > 0
+    watch = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "normstudy",
+            "status",
+            "--home",
+            str(home),
+            "--watch",
+            "--every",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        _wait_until(lambda: bool(list((study / "results").glob("*.parquet"))), first, log)
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(timeout=60)
+        time.sleep(8)
+        assert watch.poll() is None, "--watch should keep refreshing"
+        watch.send_signal(signal.SIGINT)
+        shown, _ = watch.communicate(timeout=30)
     finally:
-        _stop_driver(first)
-    assert (study / LEASE_FILE).exists(), "a killed driver cannot release its lease"
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0 and "quickstart" in shown and f"{N_TRIALS}/{N_TRIALS}" in shown
 
-    again = _normstudy("run", quickstart, "--home", home, "--resume", *FAST)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "took over the lease" in again.stdout
-    assert f"process {first.pid} is gone" in again.stdout
-    trials = _trials(home)
-    assert list(trials.values()).count("completed") >= N_TRIALS, trials
-    assert not (study / LEASE_FILE).exists()
+
+# A killed driver's lease taken over by --resume: tests/test_driver_crash.py.

@@ -253,10 +253,10 @@ def test_resume_refuses_a_changed_description(tmp_path: Path, quickstart: Path) 
     assert changed.returncode == 2 and "changed" in changed.stderr
 
 
-def _serve_ui(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _serve_ui(home: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "normstudy", "ui", "--home", str(home), "--port", str(port)],
+        [sys.executable, "-m", "normstudy", "ui", "--home", str(home), "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -266,6 +266,7 @@ def _serve_ui(home: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def test_ui_serves_the_runs_of_a_local_study(tmp_path: Path, quickstart: Path) -> None:
     import json
+    import urllib.error
     import urllib.request
 
     home = tmp_path / "home"
@@ -281,7 +282,7 @@ def test_ui_serves_the_runs_of_a_local_study(tmp_path: Path, quickstart: Path) -
         "train.epochs=1",
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    proc, url = _serve_ui(home)
+    proc, url = _serve_ui(home, "--allowed-hosts", "studies.lab.example:*")
     try:
         deadline = time.monotonic() + 120
         body = None
@@ -308,6 +309,15 @@ def test_ui_serves_the_runs_of_a_local_study(tmp_path: Path, quickstart: Path) -
         assert len(runs) == 3  # the study's parent run and one child per trial
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200
+        # A name given to --allowed-hosts is served; another public name is refused.
+        port = url.rsplit(":", 1)[1]
+        named = urllib.request.Request(url, headers={"Host": f"studies.lab.example:{port}"})
+        with urllib.request.urlopen(named, timeout=10) as response:
+            assert response.status == 200
+        other = urllib.request.Request(url, headers={"Host": f"elsewhere.example:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(other, timeout=10)
+        assert refused.value.code == 403
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -305,9 +305,20 @@ def ui(
     home: HomeOpt = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            help="Host headers MLflow answers (comma-separated, wildcards allowed: "
+            "'box.lab.org,10.0.0.*'); needed when browsers reach it by a name or public IP."
+        ),
+    ] = None,
+    cors_allowed_origins: Annotated[
+        str | None, typer.Option(help="Origins allowed to call its API from a browser page.")
+    ] = None,
 ) -> None:
     """Serve the MLflow UI on the study home's store (a local home; a cluster's server has
-    its own UI)."""
+    its own UI). MLflow refuses (403) requests whose Host header is not localhost or a private
+    IP unless ``--allowed-hosts`` names it: it guards against DNS rebinding."""
     from normstudy.home import local_tracking_uri
 
     home_dir = _home(home)
@@ -333,7 +344,17 @@ def ui(
         "--workers",
         "1",
     ]
+    if allowed_hosts:
+        args += ["--allowed-hosts", allowed_hosts]
+    if cors_allowed_origins:
+        args += ["--cors-allowed-origins", cors_allowed_origins]
     out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
+    if host not in ("127.0.0.1", "localhost", "::1") and not allowed_hosts:
+        err.print(
+            "note: MLflow answers 403 to a Host header that is not localhost or a private IP: "
+            "pass --allowed-hosts NAME[:PORT] for the name browsers use",
+            highlight=False,
+        )
     os.execv(args[0], args)
 
 

@@ -101,27 +101,66 @@ def status(
         str | None, typer.Option(help="Study home (default: $NORMSTUDY_HOME or ./studies).")
     ] = None,
     format_: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh the table until Ctrl-C.")] = False,
+    every: Annotated[
+        float, typer.Option(help="Seconds between refreshes with --watch.", min=0.5)
+    ] = 5.0,
 ) -> None:
-    """The studies of a home: trials done / running / stopped / failed, best so far, job."""
+    """The studies of a home: trials done / running / pruned / failed, best so far, elapsed
+    time, the driver or job."""
     import json
 
-    from rich.table import Table
-
-    from normstudy.cluster._submit import job_state
-    from normstudy.home import StudyPaths, list_studies, resolve_home
-    from normstudy.report import study_progress
-    from normstudy.spec import SpecError, load_spec
+    from normstudy.home import resolve_home
     from normstudy.storage import StorageError
 
     try:
         home_loc = resolve_home(home)
-        names = [study] if study else list_studies(home_loc)
     except StorageError as e:
         _fail(str(e))
     if study and not (home_loc / study / "study.yaml").exists():
         _fail(f"no study {study!r} in {home_loc} (pass --home)")
     if format_ not in ("table", "json"):
         _fail(f"--format must be table or json, got {format_!r}")
+    if watch and format_ == "json":
+        _fail("--watch shows a table: drop --format json (or poll `status --format json`)")
+    if not watch:
+        records = _status_records(home_loc, study)
+        if format_ == "json":
+            out.print_json(json.dumps(records))
+        else:
+            out.print(_status_table(home_loc, records))
+        return
+    _watch(home_loc, study, every)
+
+
+def _watch(home_loc: Any, study: str | None, every: float) -> None:
+    import time
+
+    from rich.live import Live
+
+    try:
+        with Live(console=out, auto_refresh=False) as live:
+            while True:
+                live.update(_status_table(home_loc, _status_records(home_loc, study)))
+                live.refresh()
+                time.sleep(every)
+    except KeyboardInterrupt:
+        pass
+
+
+def _status_records(home_loc: Any, study: str | None) -> list[dict[str, Any]]:
+    from datetime import UTC, datetime
+
+    from normstudy.cluster._submit import job_state
+    from normstudy.home import StudyPaths, list_studies
+    from normstudy.report import study_progress
+    from normstudy.spec import SpecError, load_spec
+    from normstudy.storage import StorageError, live_holder
+
+    try:
+        names = [study] if study else list_studies(home_loc)
+    except StorageError as e:
+        _fail(str(e))
     records: list[dict[str, Any]] = []
     for name in names:
         paths = StudyPaths(home_loc, name)
@@ -129,37 +168,67 @@ def status(
             spec = load_spec(paths.spec_file)
             metric = spec.search.metrics[0]
             p = study_progress(paths.results, metric, spec.search.modes[0])
+            holder = live_holder(paths.root)
         except (SpecError, StorageError, ValueError) as e:
             records.append({"study": name, "error": str(e)})
             continue
+        end = datetime.now(UTC) if holder is not None else p.last
+        elapsed = (end - p.first).total_seconds() if p.first and end else None
+        job = job_state(paths)
+        if holder is not None and job in ("", "-", None):
+            job = f"driver on {holder.host} (pid {holder.pid})"
         records.append(
             {
                 "study": name,
                 "trials": p.trials,
+                "of": _planned(spec),
                 **{k: p.counts.get(s, 0) for k, s in _COUNTS.items()},
                 "metric": metric,
                 "best": p.best,
-                "job": job_state(paths),
+                "elapsed_s": elapsed,
+                "running_now": holder is not None,
+                "job": job,
             }
         )
-    if format_ == "json":
-        out.print_json(json.dumps(records))
-        return
+    return records
+
+
+def _planned(spec: Any) -> int | None:
+    from normstudy.search._space import num_trials
+
+    try:
+        return int(num_trials(spec))
+    except Exception:
+        return None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _status_table(home_loc: Any, records: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
     if not records:
-        out.print(f"no studies in {home_loc}")
-        return
-    table = Table("study", "trials", *_COUNTS, "best", "job")
+        return f"no studies in {home_loc}"
+    table = Table("study", "trials", *_COUNTS, "best", "elapsed", "job")
     for r in records:
         if "error" in r:
-            table.add_row(r["study"], "?", *[""] * len(_COUNTS), r["error"][:60], "")
+            table.add_row(r["study"], "?", *[""] * len(_COUNTS), r["error"][:60], "", "")
             continue
         best = f"{r['best']:.4f} ({r['metric']})" if r["best"] is not None else "-"
         counts = [str(r[k]) for k in _COUNTS]
-        table.add_row(r["study"], str(r["trials"]), *counts, best, r["job"])
-    out.print(table)
+        trials = f"{r['trials']}/{r['of']}" if r["of"] else str(r["trials"])
+        table.add_row(r["study"], trials, *counts, best, _duration(r["elapsed_s"]), r["job"])
+    return table
 
 
-_COUNTS = {"done": "completed", "running": "running", "stopped": "stopped", "failed": "error"}
+# Column -> results status. ASHA's early-stopped trials are "pruned" as Optuna calls them.
+_COUNTS = {"done": "completed", "running": "running", "pruned": "stopped", "failed": "error"}
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from normstudy.results import read_results, trial_scores
@@ -15,13 +16,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Progress:
+    """Trials with rows, by status; the best score; the first and the latest write (UTC)."""
+
     trials: int
     counts: dict[str, int] = field(default_factory=dict)
     best: float | None = None
+    first: datetime | None = None
+    last: datetime | None = None
 
 
 def study_progress(results: Location, metric: str, mode: Mode) -> Progress:
     """Trials with rows, counted by their latest status, and the best score among them."""
-    scores = trial_scores(read_results(results), metric, mode)
+    import pyarrow.compute as pc
+
+    table = read_results(results)
+    scores = trial_scores(table, metric, mode)
     best = next((s.score for s in scores if s.score is not None), None)
-    return Progress(len(scores), dict(Counter(s.status or "?" for s in scores)), best)
+    span = pc.min_max(table["meta.updated_at"]).as_py() if table.num_rows else {}
+    counts = dict(Counter(s.status or "?" for s in scores))
+    return Progress(len(scores), counts, best, span.get("min"), span.get("max"))

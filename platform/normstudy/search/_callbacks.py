@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
@@ -13,7 +12,6 @@ from normstudy.spec import resolve_config
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
-    from rich.console import Console
 
     from normstudy.results import ResultsSink
     from normstudy.storage import Location
@@ -182,82 +180,3 @@ def _logged_epochs(sink: ResultsSink) -> dict[str, int]:
     for row in table:
         logged[row["trial_id"]] = max(logged.get(row["trial_id"], 0), int(row["epoch"]))
     return logged
-
-
-class LiveView(_NotPickled, Callback):
-    """Trials running / finished / errored and the best score so far, on the terminal."""
-
-    def __init__(self, console: Console, total: int, score_key: str, mode: str) -> None:
-        self.console, self.total = console, total
-        self.score_key, self.mode = score_key, mode
-        self._live: Any = None
-        self._last = 0.0
-
-    def _best(self, trials: list[Trial]) -> tuple[float, Trial] | None:
-        scored = [
-            (float(t.last_result[self.score_key]), t)
-            for t in trials
-            if t.last_result and isinstance(t.last_result.get(self.score_key), int | float)
-        ]
-        if not scored:
-            return None
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda st: st[0])
-
-    def _render(self, trials: list[Trial]) -> Any:
-        from rich.table import Table
-
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.status] = counts.get(t.status, 0) + 1
-        table = Table(title=f"trials: {len(trials)}/{self.total} started", expand=False)
-        best_of = self.score_key.removeprefix("best/")
-        for col in ("running", "finished", "errored", "pending", f"best {best_of}", "trial"):
-            table.add_column(col)
-        best = self._best(trials)
-        table.add_row(
-            str(counts.get("RUNNING", 0)),
-            str(counts.get("TERMINATED", 0)),
-            str(counts.get("ERROR", 0)),
-            str(counts.get("PENDING", 0)),
-            f"{best[0]:.4f}" if best else "-",
-            best[1].trial_id if best else "-",
-        )
-        return table
-
-    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        if not self.console.is_terminal or time.monotonic() - self._last < 0.5:
-            return
-        from rich.live import Live
-
-        if self._live is None:
-            self._live = Live(console=self.console, auto_refresh=False, transient=False)
-            self._live.start()
-        self._live.update(self._render(trials), refresh=True)
-        self._last = time.monotonic()
-
-    def on_trial_complete(
-        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
-    ) -> None:
-        if not self.console.is_terminal:
-            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
-            last = trial.last_result or {}
-            score = last.get(self.score_key)
-            shown = f"{score:.4f}" if isinstance(score, int | float) else "-"
-            self.console.print(
-                f"[{done}/{self.total}] {trial.trial_id} done after {last.get('epoch', '?')} "
-                f"epochs: {self.score_key} {shown}",
-                highlight=False,
-            )
-
-    def on_trial_error(
-        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
-    ) -> None:
-        self.console.print(
-            f"[red]{trial.trial_id} failed[/red] (see its error.txt in the Tune experiment folder)"
-        )
-
-    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        if self._live is not None:
-            self._live.update(self._render(trials), refresh=True)
-            self._live.stop()

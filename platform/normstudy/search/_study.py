@@ -241,19 +241,26 @@ def _run_leased(
         f"({spec.search.sampler}, {spec.search.scheduler.name}); home {home}",
         highlight=False,
     )
+    live = _live_view(spec, console, total)
+    live.start("starting Ray")
     try:
         _init_ray()
         _check_resources(spec)
         tracker = _tracker(spec, paths, tracking)
         if resume:
             _settle_lost(paths, tracker, console)
-        tuner = _tuner(spec, paths, _callbacks(spec, paths, tracker, console, total), resume)
+        live.start("restoring the study" if resume else "starting the first trials")
+        tuner = _tuner(spec, paths, _callbacks(spec, paths, tracker, live), resume)
     except BaseException:
+        live.stop()
         if created and not resume:  # nothing ran: leave no half-made study behind
             paths.root.delete()
         raise
     with _graceful_stop():
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            live.stop()
     results = [grid[i] for i in range(len(grid))]
     errored = [(r.metrics or {}).get("trial_id", "?") for r in results if r.error is not None]
     unfinished = _unfinished(paths)
@@ -331,12 +338,23 @@ def _tracker(spec: StudySpec, paths: StudyPaths, tracking: str | None) -> Any:
     )
 
 
-def _callbacks(
-    spec: StudySpec, paths: StudyPaths, tracker: Any, console: Console, total: int
-) -> list[Any]:
+def _live_view(spec: StudySpec, console: Console, total: int) -> Any:
+    from normstudy.search._live import LiveView
+
+    return LiveView(
+        console,
+        total=total,
+        epochs=spec.train.epochs,
+        score_key=f"best/{spec.search.metrics[0]}",
+        mode=spec.search.modes[0],
+        searched=list(spec.search.space),
+    )
+
+
+def _callbacks(spec: StudySpec, paths: StudyPaths, tracker: Any, live: Any) -> list[Any]:
     from normstudy import __version__
     from normstudy.results import ResultsSink
-    from normstudy.search._callbacks import LiveView, StudyCallback
+    from normstudy.search._callbacks import StudyCallback
     from normstudy.search._optuna_store import OptunaSync
 
     score_keys = [f"best/{m}" for m in spec.search.metrics]
@@ -352,7 +370,7 @@ def _callbacks(
             artifacts_dir=paths.trial_artifacts,
             variants=spec.variants,
         ),
-        LiveView(console, total, score_keys[0], spec.search.modes[0]),
+        live,
         OptunaSync(spec, paths),
     ]
 
