@@ -308,8 +308,9 @@ def ui(
     allowed_hosts: Annotated[
         str | None,
         typer.Option(
-            help="Host headers MLflow answers (comma-separated, wildcards allowed: "
-            "'box.lab.org,10.0.0.*'); needed when browsers reach it by a name or public IP."
+            help="More Host headers MLflow answers besides localhost and private IPs "
+            "(comma-separated, wildcards allowed: 'box.lab.org:5000,lab.*'); needed when "
+            "browsers reach it by a name or a public IP."
         ),
     ] = None,
     cors_allowed_origins: Annotated[
@@ -344,8 +345,10 @@ def ui(
         "--workers",
         "1",
     ]
-    if allowed_hosts:
-        args += ["--allowed-hosts", allowed_hosts]
+    if allowed_hosts:  # added to MLflow's defaults (this machine, private IPs), not instead
+        from mlflow.server.security_utils import get_default_allowed_hosts
+
+        args += ["--allowed-hosts", ",".join([*get_default_allowed_hosts(), allowed_hosts])]
     if cors_allowed_origins:
         args += ["--cors-allowed-origins", cors_allowed_origins]
     out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
