@@ -334,6 +334,8 @@ def _tracker(spec: StudySpec, paths: StudyPaths, tracking: str | None) -> Any:
             "normstudy.study": spec.name,
             "normstudy.version": __version__,
             "normstudy.git_rev": git_revision(),
+            # a confirm study's runs name the search they confirm
+            **({"normstudy.confirms": spec.confirms} if spec.confirms else {}),
         },
     )
 
