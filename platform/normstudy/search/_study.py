@@ -297,7 +297,8 @@ def _check_resources(spec: StudySpec) -> None:
 
 def _tracker(spec: StudySpec, paths: StudyPaths, tracking: str | None) -> Any:
     from normstudy import __version__
-    from normstudy.tracking import StudyTracker
+    from normstudy.search._labels import searched_params
+    from normstudy.tracking import StudyTracker, view_tags
 
     return StudyTracker(
         uri=tracking_uri(paths.home, tracking),
@@ -309,7 +310,17 @@ def _tracker(spec: StudySpec, paths: StudyPaths, tracking: str | None) -> Any:
             "normstudy.version": __version__,
             "normstudy.git_rev": git_revision(),
         },
+        experiment_tags=view_tags(
+            score=f"best/{spec.search.metrics[0]}",
+            mode=spec.search.modes[0],
+            params=list(searched_params(dict.fromkeys(_searched_keys(spec)))),
+        ),
     )
+
+
+def _searched_keys(spec: StudySpec) -> list[str]:
+    """The dotted keys a trial's searcher samples (the seed too, where there are several)."""
+    return [*spec.search.space, *(["seed"] if len(spec.seed_list()) > 1 else [])]
 
 
 def _callbacks(
@@ -398,8 +409,8 @@ def _study_run_summary(
     if best is None:
         return metrics, {}
     metrics[str(best["metric"])] = float(best["score"])
-    keys = [*spec.search.space, *(["seed"] if len(spec.seed_list()) > 1 else [])]
-    return metrics, searched_params({k: best["config"][k] for k in keys if k in best["config"]})
+    config = best["config"]
+    return metrics, searched_params({k: config[k] for k in _searched_keys(spec) if k in config})
 
 
 def _best_summary(spec: StudySpec, paths: StudyPaths) -> dict[str, Any] | None:

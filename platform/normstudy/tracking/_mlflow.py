@@ -164,6 +164,10 @@ class RunSender:
     def _op_start_study(self, op: Op) -> None:
         experiment = self._experiment()
         self.state["experiment_id"] = experiment
+        have = self.c().get_experiment(experiment).tags if op.get("experiment_tags") else {}
+        for k, v in op.get("experiment_tags", {}).items():  # e.g. the UI's view of the runs
+            if have.get(k) != v:
+                self.c().set_experiment_tag(experiment, k, v)
         key = {"normstudy.role": "study", "normstudy.study": self.study}
         key["normstudy.study_uid"] = op["uid"]
         run = self._get(self.state.get("parent"))

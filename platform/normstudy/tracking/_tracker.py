@@ -72,6 +72,7 @@ class StudyTracker:
         artifact_root: Location,
         state_file: Location,
         tags: dict[str, str],
+        experiment_tags: dict[str, str] | None = None,
     ) -> None:
         self.uri, self.study, self.tags = uri, study, dict(tags)
         self.outbox_file = outbox_file(state_file)
@@ -84,7 +85,12 @@ class StudyTracker:
             uri=uri, study=study, artifact_root=artifact_root, state_file=state_file
         )
         self._delivery = Delivery(self.outbox, self._sender, retry_s=retry_interval())
-        self._add("start_study", uid=uuid.uuid4().hex, tags=_texts(self.tags))
+        self._add(
+            "start_study",
+            uid=uuid.uuid4().hex,
+            tags=_texts(self.tags),
+            experiment_tags=_texts(experiment_tags or {}),
+        )
         self._delivery.start()
 
     @property
