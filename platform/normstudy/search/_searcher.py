@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
@@ -45,9 +46,13 @@ class StudySearch(OptunaSearch):  # type: ignore[misc]
         super().__init__(**kwargs)
 
     def _setup_study(self, mode: Any) -> None:
+        import optuna
+
         super()._setup_study(mode)
         study: Any = self._ot_study
-        study.set_metric_names(self._metric_names)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what it reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(self._metric_names)
 
     def _single(self) -> bool:
         return isinstance(self.metric, str)
