@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from normstudy.search._labels import run_name, searched_params, short_names
-from normstudy.search._searcher import TUNE_TRIAL_ATTR, StudySearch
+from normstudy.search._links import OptunaLinks
+from normstudy.search._searcher import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR, StudySearch
 from normstudy.search._space import define_by_run
 
 EPOCHS = 3
@@ -86,3 +88,20 @@ def test_short_names_and_run_names() -> None:
     names = short_names(values)
     label = run_name("t007", {names[k]: v for k, v in values.items()})
     assert label == "t007 gamma_init=0.213 lr=0.0684 seed=3"
+
+
+def test_links_find_trials_by_tune_id_and_record_run_ids(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    running, finished = study.ask(), study.ask()
+    running.set_user_attr(TUNE_TRIAL_ATTR, "tune-a")
+    finished.set_user_attr(TUNE_TRIAL_ATTR, "tune-b")
+    study.tell(finished, state=TrialState.FAIL)
+    links = OptunaLinks(url=url, study="s")
+    assert (links.number("tune-a"), links.number("tune-b")) == (0, 1)
+    assert links.number("unknown") is None
+    links.link_run("tune-a", "run-a")
+    links.link_run("tune-b", "run-b")  # finished: left alone, quietly
+    attrs = [t.user_attrs for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert attrs[0][MLFLOW_RUN_ATTR] == "run-a" and MLFLOW_RUN_ATTR not in attrs[1]
+    assert OptunaLinks(url=url, study="nope").number("tune-a") is None  # no such study

@@ -64,7 +64,10 @@ class OptunaLinks:
         try:
             storage, study_id = self._open()
             trial = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-            storage.set_trial_user_attr(trial, MLFLOW_RUN_ATTR, run_id)
-        except Exception as e:  # e.g. already finished: the MLflow tag links it still
+            # A finished trial takes no attrs (one that failed before its run existed): its
+            # MLflow run names its Optuna trial still.
+            if not storage.get_trial(trial).state.is_finished():
+                storage.set_trial_user_attr(trial, MLFLOW_RUN_ATTR, run_id)
+        except Exception as e:
             log.warning("Optuna trial %s: run id not recorded: %s", number, e)
         self._linked.add(tune_trial_id)
