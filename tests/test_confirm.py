@@ -83,3 +83,40 @@ def test_a_confirm_study_is_not_confirmed_again(search) -> None:
     spec = confirm_spec(search, SCORES, top=1, seeds=3, baseline={})
     with pytest.raises(ConfirmError, match="itself a confirm study"):
         confirm_spec(spec, SCORES, top=1, seeds=3, baseline={})
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_confirm_runs_the_best_and_a_baseline_over_fifteen_seeds(
+    tmp_path: Path, quickstart: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from tests.test_study_integration import FAST, _normstudy, _rows
+
+    home = tmp_path / "home"
+    fast = [*FAST, "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2"]
+    search = _normstudy(
+        "run", str(quickstart), "--home", str(home), *fast, "--set", "search.num_samples=2"
+    )
+    assert search.returncode == 0, search.stderr[-3000:]
+    ranked = {r["trial_id"]: r for r in _rows(home, "quickstart")}
+    # The confirm study inherits the search's settings (its --set values included).
+    done = _normstudy(
+        "confirm", "quickstart", "--home", str(home), "--top", "1", "--seeds", "15",
+        "--baseline", "plugins.gamma_init.value=1.0", "--baseline", "plugins.lr_divisor.gamma=1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = _rows(home, "quickstart-confirm")
+    assert len(rows) == 30 and {r["status"] for r in rows} == {"completed"}
+    by_config: dict[str, set[int]] = {}
+    for r in rows:
+        by_config.setdefault(r["config.configuration"], set()).add(r["seed"])
+    assert by_config == {"top1": set(md5_seeds(15)), "baseline": set(md5_seeds(15))}
+    best = max(ranked.values(), key=lambda r: r["best/val/acc"])
+    top1 = next(r for r in rows if r["config.configuration"] == "top1")
+    assert top1["config.train.lr"] == pytest.approx(best["config.train.lr"])
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "quickstart-confirm"]
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`normstudy.role` = 'study'")
+    assert parent.data.tags["normstudy.confirms"] == "quickstart"

@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
 
 from normstudy.cli_output import err, out
 from normstudy.cli_output import fail as _fail
 from normstudy.redact import redact
+
+if TYPE_CHECKING:
+    from normstudy.storage import Location
 
 app = typer.Typer(
     add_completion=False,
@@ -411,6 +414,8 @@ def ui(
     if cors_allowed_origins:
         args += ["--cors-allowed-origins", cors_allowed_origins]
     out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
+    for name, url in _study_views(home_dir, f"http://{host}:{port}"):
+        out.print(f"  {name}: {url}", highlight=False, soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not allowed_hosts:
         err.print(
             "note: MLflow answers 403 to a Host header that is not localhost or a private IP: "
@@ -418,6 +423,20 @@ def ui(
             highlight=False,
         )
     os.execv(args[0], args)
+
+
+def _study_views(home_dir: Location, server: str) -> list[tuple[str, str]]:
+    """Each study's runs table in the UI: trials sorted by the score, the searched params."""
+    from normstudy.home import local_tracking_uri
+    from normstudy.tracking import view_link
+    from normstudy.tracking._client import client
+    from normstudy.tracking._view import TAG
+
+    try:
+        experiments = client(local_tracking_uri(home_dir)).search_experiments()
+    except Exception:  # the UI serves the store anyway; only the links are missing
+        return []
+    return [(e.name, view_link(server, e.experiment_id)) for e in experiments if TAG in e.tags]
 
 
 @app.command()
