@@ -105,3 +105,66 @@ def test_links_find_trials_by_tune_id_and_record_run_ids(tmp_path: Path) -> None
     attrs = [t.user_attrs for t in optuna.load_study(study_name="s", storage=url).trials]
     assert attrs[0][MLFLOW_RUN_ATTR] == "run-a" and MLFLOW_RUN_ATTR not in attrs[1]
     assert OptunaLinks(url=url, study="nope").number("tune-a") is None  # no such study
+
+
+# -- seed replication -----------------------------------------------------------------------
+def _replicated(seeds: list[int]):
+    from normstudy.search._searcher import ReplicatedSearch
+
+    return ReplicatedSearch(
+        seeds=seeds,
+        epochs=EPOCHS,
+        metric_names=["val/acc"],
+        space=functools.partial(define_by_run, space=SPACE, seeds=[]),
+        metric="best/val/acc",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name="r",
+    )
+
+
+def test_every_configuration_runs_once_per_seed_and_optuna_gets_the_mean() -> None:
+    from normstudy.search._searcher import TUNE_TRIALS_ATTR
+
+    searcher = _replicated([11, 22])
+    configs = {t: searcher.suggest(t) for t in ("a1", "a2", "b1", "b2")}
+    assert [c["seed"] for c in configs.values()] == [11, 22, 11, 22]
+    rest = {t: {k: v for k, v in c.items() if k != "seed"} for t, c in configs.items()}
+    assert rest["a1"] == rest["a2"] != rest["b1"] == rest["b2"]
+    study = searcher._ot_study
+    assert len(study.trials) == 2  # one Optuna trial per configuration, none for the seed
+    assert "seed" not in study.trials[0].params
+    assert study.trials[0].user_attrs[TUNE_TRIALS_ATTR] == ["a1", "a2"]
+    # a: both seeds run all epochs; intermediate values are the seeds' means, once both report
+    searcher.on_trial_result("a1", _result(1, 0.4, 0.4))
+    assert study.trials[0].intermediate_values == {}
+    searcher.on_trial_result("a2", _result(1, 0.6, 0.6))
+    assert study.trials[0].intermediate_values == {1: pytest.approx(0.5)}
+    for epoch, (x, y) in {2: (0.5, 0.7)}.items():
+        searcher.on_trial_result("a1", _result(epoch, x, x))
+        searcher.on_trial_result("a2", _result(epoch, y, y))
+    searcher.on_trial_complete("a1", _result(3, 0.45, 0.5))
+    assert study.trials[0].state == TrialState.RUNNING  # waits for its other seed
+    searcher.on_trial_complete("a2", _result(3, 0.8, 0.8))
+    a = study.trials[0]
+    assert a.state == TrialState.COMPLETE and a.value == pytest.approx((0.5 + 0.8) / 2)
+    assert a.intermediate_values == {
+        1: pytest.approx(0.5),
+        2: pytest.approx(0.6),
+        3: pytest.approx((0.45 + 0.8) / 2),
+    }
+    # b: one seed stopped early by the scheduler -> the configuration is PRUNED
+    searcher.on_trial_complete("b1", _result(1, 0.1, 0.1))
+    searcher.on_trial_complete("b2", _result(3, 0.2, 0.2))
+    b = study.trials[1]
+    assert b.state == TrialState.PRUNED
+    assert b.intermediate_values[1] == pytest.approx(0.1)  # b2 reported no epoch 1 here
+
+
+def test_a_configuration_whose_seeds_all_failed_is_failed() -> None:
+    searcher = _replicated([1, 2, 3])
+    for trial in ("x1", "x2", "x3"):
+        searcher.suggest(trial)
+    for trial in ("x1", "x2", "x3"):
+        searcher.on_trial_complete(trial, error=True)
+    assert searcher._ot_study.trials[0].state == TrialState.FAIL

@@ -87,9 +87,19 @@ def test_unknown_names(key: str, value: object, needles: tuple[str, ...]) -> Non
     _bad(_with(key, value), *needles)
 
 
-def test_grid_needs_values_and_seeds_need_grid() -> None:
+def test_grid_needs_values_and_seeds_replicate_one_metric() -> None:
     _bad(_with("search.sampler", "grid"), "grid", "train.lr")
-    _bad(_with("seeds", [1, 2, 3]), "seeds", "grid")
+    from normstudy.search._space import num_trials
+
+    replicated = validate_data(_with("seeds", [1, 2, 3]))  # each configuration on 3 seeds
+    assert num_trials(replicated) == 3 * replicated.search.num_samples
+    seeded = _with("seeds", [1, 2, 3])
+    apply_override(seeded, "search.space.seed", {"type": "categorical", "choices": [1, 2]})
+    _bad(seeded, "search.space.seed", "not a hyperparameter")
+    apply_override(seeded, "search.space", BASE["search"]["space"])
+    apply_override(seeded, "search.metric", ["val/acc", "val/loss"])
+    apply_override(seeded, "search.mode", ["max", "min"])
+    _bad(seeded, "several objectives")
 
 
 def test_multi_objective_rules() -> None:

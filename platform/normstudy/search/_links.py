@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from normstudy.search._searcher import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR
+from normstudy.search._searcher import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR, TUNE_TRIALS_ATTR
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -29,10 +29,11 @@ class OptunaLinks:
         self._study_id: int | None = None
         self._numbers: dict[str, int] = {}
         self._linked: set[str] = set()
+        self._owners: set[str] = set()  # the Tune trials the searcher asked Optuna for
 
     def __getstate__(self) -> dict[str, object]:  # held by a callback that Tune pickles
         return {"url": self.url, "study": self.study, "_storage": None, "_study_id": None,
-                "_numbers": {}, "_linked": set()}  # fmt: skip
+                "_numbers": {}, "_linked": set(), "_owners": set()}  # fmt: skip
 
     def _open(self) -> tuple[BaseStorage, int]:
         if self._storage is None or self._study_id is None:
@@ -49,9 +50,13 @@ class OptunaLinks:
             try:
                 storage, study_id = self._open()
                 for t in storage.get_all_trials(study_id, deepcopy=False):
+                    # With seed replication one Optuna trial stands for several Tune trials.
+                    for member in t.user_attrs.get(TUNE_TRIALS_ATTR) or []:
+                        self._numbers[str(member)] = t.number
                     owner = t.user_attrs.get(TUNE_TRIAL_ATTR)
                     if isinstance(owner, str):
                         self._numbers[owner] = t.number
+                        self._owners.add(owner)
             except Exception as e:
                 log.warning("cannot read the Optuna storage %s: %s", self.study, e)
         return self._numbers.get(tune_trial_id)
@@ -67,7 +72,9 @@ class OptunaLinks:
             # A finished trial takes no attrs (one that failed before its run existed): its
             # MLflow run names its Optuna trial still.
             if not storage.get_trial(trial).state.is_finished():
-                storage.set_trial_user_attr(trial, MLFLOW_RUN_ATTR, run_id)
+                own = tune_trial_id in self._owners  # a replica's run id is kept by its seed's
+                key = MLFLOW_RUN_ATTR if own else f"{MLFLOW_RUN_ATTR}/{tune_trial_id}"
+                storage.set_trial_user_attr(trial, key, run_id)
         except Exception as e:
             log.warning("Optuna trial %s: run id not recorded: %s", number, e)
         self._linked.add(tune_trial_id)

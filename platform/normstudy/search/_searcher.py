@@ -110,3 +110,107 @@ class StudySearch(OptunaSearch):  # type: ignore[misc]
             log.warning("Optuna trial of %s not told %s: %s", trial_id, state.name, e)
         self._completed_trials.add(trial_id)
         self._reported.pop(trial_id, None)
+
+
+TUNE_TRIALS_ATTR = "normstudy.tune_trial_ids"
+
+
+class ReplicatedSearch(StudySearch):
+    """`StudySearch` that runs every configuration Optuna proposes once per seed and tells
+    Optuna the mean over the seeds (Ray's ``Repeater`` does the same for completed trials, but
+    passes on no intermediate values and knows no pruned state).
+
+    One Optuna trial stands for a group of Tune trials (the first is its primary): Tune trial
+    ``i`` of a group gets ``seed = seeds[i]``. Optuna's intermediate value at an epoch is the
+    mean over the seeds once all of them reported it (or ended); its value is the mean of the
+    seeds' ``best/<m>``: COMPLETE when every seed ran to its last epoch, PRUNED when the
+    scheduler stopped one (a rung compares configurations by that same mean:
+    `ConfigurationASHA`), FAIL when every seed failed (a seed that failed while others completed
+    is left out of the mean). The seed is never a sampled hyperparameter.
+    """
+
+    def __init__(self, *, seeds: list[int], **kwargs: Any) -> None:
+        self._seeds = list(seeds)
+        self._groups: dict[str, dict[str, Any]] = {}  # primary trial id -> group
+        self._group_of: dict[str, str] = {}  # member trial id -> primary trial id
+        self._open: str | None = None  # the group still taking members
+        super().__init__(**kwargs)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        group = self._groups.get(self._open) if self._open else None
+        if group is None or len(group["members"]) == len(self._seeds):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):  # None (wait) or FINISHED
+                return config
+            group = {"config": config, "members": [], "values": {}, "ended": {}, "told": 0}
+            self._groups[trial_id], self._open = group, trial_id
+        primary = str(self._open)
+        group["members"].append(trial_id)
+        self._group_of[trial_id] = primary
+        trial = self._ot_trials.get(primary)
+        if trial is not None:
+            trial.set_user_attr(TUNE_TRIALS_ATTR, list(group["members"]))
+        return {**group["config"], "seed": self._seeds[len(group["members"]) - 1]}
+
+    def _report_means(self, primary: str, final: bool) -> None:
+        """Reports each epoch's mean over the seeds, in order, once every seed reported it (or,
+        ``final``, over those that did)."""
+        group, trial = self._groups[primary], self._ot_trials.get(primary)
+        if trial is None:
+            return
+        members = len(self._seeds)
+        for epoch in sorted(e for e in group["values"] if e > group["told"]):
+            values = group["values"][epoch]
+            done = len(values) + sum(
+                1 for m, end in group["ended"].items() if m not in values and end < epoch
+            )
+            if done < members and not final:
+                return
+            trial.report(sum(values.values()) / len(values), epoch)
+            group["told"] = epoch
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        primary = self._group_of.get(trial_id)
+        value, epoch = result.get(self._raw_metric()), result.get("epoch")
+        if primary is None or primary in self._completed_trials:
+            return
+        if isinstance(value, int | float) and math.isfinite(value) and isinstance(epoch, int):
+            self._groups[primary]["values"].setdefault(epoch, {})[trial_id] = float(value)
+            self._report_means(primary, final=False)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        from optuna.trial import TrialState
+
+        primary = self._group_of.get(trial_id)
+        if primary is None or primary in self._completed_trials:
+            return
+        group = self._groups[primary]
+        result = result or {}
+        value, epoch = result.get(self._raw_metric()), result.get("epoch")
+        if isinstance(value, int | float) and math.isfinite(value) and isinstance(epoch, int):
+            group["values"].setdefault(epoch, {})[trial_id] = float(value)
+        last = epoch if isinstance(epoch, int) else 0
+        group["ended"][trial_id] = -1 if error or not result else last
+        best = result.get(self.metric)
+        if not error and isinstance(best, int | float) and math.isfinite(best):
+            group.setdefault("best", {})[trial_id] = (float(best), last)
+        if len(group["ended"]) < len(self._seeds):
+            self._report_means(primary, final=False)
+            return
+        self._report_means(primary, final=True)
+        bests = group.get("best", {})
+        finished = [b for b, e in bests.values() if e >= self._epochs]
+        if not bests:
+            state, mean = TrialState.FAIL, None
+        elif len(finished) < len(bests):
+            state, mean = TrialState.PRUNED, None
+        else:
+            state, mean = TrialState.COMPLETE, sum(finished) / len(finished)
+        try:
+            study: Any = self._ot_study
+            study.tell(self._ot_trials[primary], mean, state=state)
+        except Exception as e:  # Tune must go on; Parquet holds the results anyway
+            log.warning("Optuna trial of %s not told %s: %s", primary, state.name, e)
+        self._completed_trials.add(primary)

@@ -36,10 +36,16 @@ def grid_axes(spec: StudySpec) -> dict[str, list[Any]]:
     return axes
 
 
+def replicates(spec: StudySpec) -> bool:
+    """Whether each proposed configuration runs once per seed (several seeds, not the grid)."""
+    return spec.search.sampler != "grid" and len(spec.seed_list()) > 1
+
+
 def num_trials(spec: StudySpec) -> int:
-    """Trials to run: ``search.num_samples``; for the grid, the grid's size unless set smaller."""
+    """Trials to run: ``search.num_samples`` configurations, each once per seed; for the grid,
+    the grid's size (seeds an axis) unless set smaller."""
     if spec.search.sampler != "grid":
-        return spec.search.num_samples
+        return spec.search.num_samples * (len(spec.seed_list()) if replicates(spec) else 1)
     size = math.prod(len(v) for v in grid_axes(spec).values())
     if "num_samples" in spec.search.model_fields_set:
         return min(size, spec.search.num_samples)

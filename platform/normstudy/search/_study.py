@@ -104,18 +104,24 @@ def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
     from ray.tune.search import ConcurrencyLimiter
 
     from normstudy.search._optuna_store import pull, storage_url
-    from normstudy.search._searcher import StudySearch
-    from normstudy.search._space import define_by_run, make_sampler
+    from normstudy.search._searcher import ReplicatedSearch, StudySearch
+    from normstudy.search._space import define_by_run, make_sampler, replicates
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pull(spec, paths)
     metrics = [f"best/{m}" for m in spec.search.metrics]
     space = {k: d.model_dump(mode="json") for k, d in spec.search.space.items()}
     single = len(metrics) == 1
-    searcher = StudySearch(
+    # Several seeds: the grid has them as an axis (paired comparisons); any other sampler
+    # runs each configuration it proposes once per seed and is told the mean.
+    replicated = replicates(spec)
+    kind: Any = functools.partial(ReplicatedSearch, seeds=spec.seed_list())
+    searcher = (kind if replicated else StudySearch)(
         epochs=spec.train.epochs,
         metric_names=list(spec.search.metrics),
-        space=functools.partial(define_by_run, space=space, seeds=spec.seed_list()),
+        space=functools.partial(
+            define_by_run, space=space, seeds=[] if replicated else spec.seed_list()
+        ),
         metric=metrics[0] if single else metrics,
         mode=spec.search.modes[0] if single else list[str](spec.search.modes),
         sampler=make_sampler(spec),
@@ -128,9 +134,12 @@ def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
 def _scheduler(spec: StudySpec) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from normstudy.search._schedulers import ConfigurationASHA
+
     s = spec.search.scheduler
-    if s.name == "asha":
-        return ASHAScheduler(
+    if s.name == "asha":  # with several seeds, rungs compare configurations (seed means)
+        kind = ConfigurationASHA if len(spec.seed_list()) > 1 else ASHAScheduler
+        return kind(
             time_attr="training_iteration",
             metric=f"best/{spec.search.metrics[0]}",
             mode=spec.search.modes[0],

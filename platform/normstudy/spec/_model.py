@@ -404,11 +404,17 @@ class StudySpec(Strict):
                 f"({self.train.epochs}): ASHA cannot stop a trial before its grace period"
             )
         if len(self.seed_list()) > 1 and self.search.sampler != "grid":
-            raise ValueError(
-                f"seeds lists {len(self.seed_list())} seeds, but sampler "
-                f"{self.search.sampler!r} evaluates each configuration once; list one seed, or "
-                "use search.sampler 'grid' (the seeds become a grid axis)"
-            )
+            if len(self.search.metrics) > 1:
+                raise ValueError(
+                    f"seeds lists {len(self.seed_list())} seeds with several objectives: seed "
+                    "replication tells the searcher one mean per configuration for one metric; "
+                    "list one seed, or use search.sampler 'grid' (the seeds become an axis)"
+                )
+            if "seed" in self.search.space:
+                raise ValueError(
+                    "search.space.seed: with several seeds every configuration runs once per "
+                    "seed; the seed is not a hyperparameter to sample"
+                )
         check_search_metrics(self)
         return self
 
