@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normstudy.models._norm import NormLayer, channel_view
+from normstudy.models._norm import Affine, NormLayer, channel_view
 
 NOISY_BN_SHIFT = "noisy_bn_shift"
 NOISY_BN_SCALE = "noisy_bn_scale"
@@ -116,12 +116,15 @@ def u_for_sigma(sigma: float) -> float:
     return math.log(sigma) if sigma < 1.0 else sigma - 1.0
 
 
-class BayesianScale:
+class BayesianScale(Affine):
     """``bayesian_scale`` (000, Sect. 4): y = x̂·S + b, S = s + σ·ε with ε ~ N(0, 1) per sample
     and channel (reparametrized, so gradients reach s and u); s is the layer's γ, b its β.
 
-    S = s in eval mode, unless ``sample_in_eval`` is set (Monte Carlo evaluation).
+    S = s in eval mode, unless ``sample_in_eval`` is set (Monte Carlo evaluation). Its
+    ``coefficients`` are those of the mean scale: (s, b).
     """
+
+    name = "bayesian"
 
     def __init__(self) -> None:
         self.sample_in_eval = False

@@ -41,6 +41,19 @@ class ParamGroup:
     weight_decay: float = 0.0
 
 
+def move_params(groups: list[ParamGroup], ids: set[int], into: ParamGroup) -> list[ParamGroup]:
+    """Move the parameters with these ids from every group into ``into`` (appended last);
+    groups left empty are dropped."""
+    for group in groups:
+        kept = [(p, n) for p, n in zip(group.params, group.names, strict=True) if id(p) not in ids]
+        for param, name in zip(group.params, group.names, strict=True):
+            if id(param) in ids:
+                into.params.append(param)
+                into.names.append(name)
+        group.params, group.names = [p for p, _ in kept], [n for _, n in kept]
+    return [g for g in [*groups, into] if g.params]
+
+
 @dataclasses.dataclass
 class PluginContext:
     """What a plugin may know about the trial it is part of.
@@ -91,6 +104,9 @@ class Plugin:
     """Plugins that cannot be enabled with this one -> why (checked both ways at validation)."""
     partners: ClassVar[dict[str, dict[str, Any]]] = {}
     """Typical companions (plugin -> options) with which the registry tests run this plugin."""
+    variants: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    """Further set-ups the registry tests run, by name: each a full ``plugins`` mapping (this
+    plugin included) covering an option value or a combination the defaults do not reach."""
 
     def __init__(self, options: PluginOptions, ctx: PluginContext) -> None:
         self.options = options

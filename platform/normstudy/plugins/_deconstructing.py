@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 # it still divides the lr of an embedding_bn or input_norm BN).
 _BN_PLUGINS = (
     "gamma_init",
+    "affine_form",
     "gamma_decay",
     "population_norm",
     "mean_only",
