@@ -220,10 +220,10 @@ def validate_plugin_options(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             parsed = cls.Options.model_validate(options)
         except ValidationError as err:
             first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
+            where = "".join(f".{p}" for p in first["loc"])  # empty for a whole-model check
             allowed = ", ".join(cls.Options.model_fields) or "none"
             raise ValueError(
-                f"plugins.{name}.{where}: {first['msg']} (options of {name}: {allowed})"
+                f"plugins.{name}{where}: {first['msg']} (options of {name}: {allowed})"
             ) from None
         out[str(name)] = parsed.model_dump(mode="json")
     return out
