@@ -79,7 +79,8 @@ class StepOutputs:
     inputs: torch.Tensor
     targets: torch.Tensor
     embedding: torch.Tensor
-    """Pooled features before the classifier (timm ``forward_head(pre_logits=True)``)."""
+    """Pooled features before the classifier (timm ``forward_head(pre_logits=True)``), before
+    any dropout (timm's ``drop_rate`` and ``final_dropout`` act inside the classifier)."""
     logits: torch.Tensor
     model: nn.Module
 
