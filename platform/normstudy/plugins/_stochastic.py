@@ -188,11 +188,12 @@ class WeightNorm(Plugin):
         **_REPLACES_STATISTICS,
         "analytic_norm": "both replace BN; enable one",
     }
-    # 000: projection, and fan-in inits (PyTorch defaults there) applied before the parametrization.
+    # 000: projection, and fan-in inits (PyTorch defaults there) applied before the parametrization
+    # (without them, weight norm on timm's own init diverges within steps on efficientnet_b0).
     partners: ClassVar[dict[str, dict[str, Any]]] = {"projection": {}, "fan_in_init": {}}
     variants: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        "mean_only": {"weight_norm": {}, "mean_only": {}},
-        "variance_only": {"weight_norm": {}, "variance_only": {}, "projection": {}},
+        half: {"weight_norm": {}, half: {}, "projection": {}, "fan_in_init": {}}
+        for half in ("mean_only", "variance_only")
     }
 
     class Options(PluginOptions):
