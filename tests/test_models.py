@@ -21,6 +21,7 @@ from normstudy.models import (
     param_groups,
     prepend_input_norm,
 )
+from normstudy.models._head import DropoutLinear
 from normstudy.spec._model import ModelSpec, TrialConfig
 
 torch.set_num_threads(1)
@@ -53,7 +54,9 @@ def test_importing_models_and_plugins_does_not_import_torch() -> None:
 def test_build_model_passes_spec_options() -> None:
     model = build("test_resnet", num_classes=7, in_chans=1, drop_rate=0.25,
                   kwargs={"zero_init_last": False})  # fmt: skip
-    assert model.drop_rate == 0.25
+    classifier = model.get_classifier()
+    assert isinstance(classifier, DropoutLinear) and classifier.p == 0.25  # timm's, moved
+    assert model.drop_rate == 0.0  # forward_head no longer drops: Emb(x) comes before it
     assert model.get_classifier().out_features == 7
     assert first_conv(model)[1].in_channels == 1
     assert all(bn.weight.all() for _, bn in norm_layers(model))  # zero_init_last was off

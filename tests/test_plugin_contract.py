@@ -1,7 +1,9 @@
-"""Every registered plugin (alone, with its typical partners) through a real trial.
+"""Every registered plugin (alone, with its typical partners, and in each of its declared
+``variants``) through a real trial.
 
-Driven by the registry: a new plugin is tested on every backbone without anyone adding it here.
-Forward, backward, optimizer step, and evaluation (eval mode deterministic) all run for real.
+Driven by the registry: a new plugin (or a new variant of one) is tested on every backbone
+without anyone adding it here. Forward, backward, optimizer step, and evaluation (eval mode
+deterministic) all run for real.
 """
 
 from __future__ import annotations
@@ -22,8 +24,25 @@ SLOW = ["resnet18", "resnet50", "efficientnet_b0"]
 BACKBONES = FAST + [pytest.param(name, marks=pytest.mark.slow) for name in SLOW]
 
 
-def _study(plugin: str, model: str) -> dict[str, Any]:
-    plugins = {plugin: {}, **plugin_registry()[plugin].partners}
+def setups() -> list[tuple[str, str]]:
+    """(plugin, set-up) for every registered plugin: ``default`` (its defaults with its
+    partners), then each of its variants."""
+    return [
+        (name, setup)
+        for name, cls in plugin_registry().items()
+        for setup in ["default", *cls.variants]
+    ]
+
+
+def plugins_of(plugin: str, setup: str) -> dict[str, Any]:
+    cls = plugin_registry()[plugin]
+    if setup == "default":
+        return {plugin: {}, **cls.partners}
+    return cls.variants[setup]
+
+
+def _study(plugin: str, model: str, setup: str = "default") -> dict[str, Any]:
+    plugins = plugins_of(plugin, setup)
     return {
         "name": "contract",
         "dataset": {"name": "synthetic", "num_samples": 160, "image_size": 16, "num_classes": 4},
@@ -41,11 +60,18 @@ def _study(plugin: str, model: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize(("plugin", "setup"), setups(), ids=[f"{p}-{s}" for p, s in setups()])
+def test_variants_enable_their_plugin_and_validate(plugin: str, setup: str) -> None:
+    plugins = plugins_of(plugin, setup)
+    assert plugin in plugins
+    validate_data(_study(plugin, "test_resnet", setup))  # no conflict, options all valid
+
+
 @pytest.mark.parametrize("model", BACKBONES)
-@pytest.mark.parametrize("plugin", sorted(plugin_registry()))
-def test_plugin_runs_a_real_trial(plugin: str, model: str) -> None:
+@pytest.mark.parametrize(("plugin", "setup"), setups(), ids=[f"{p}-{s}" for p, s in setups()])
+def test_plugin_runs_a_real_trial(plugin: str, setup: str, model: str) -> None:
     try:
-        spec = validate_data(_study(plugin, model))
+        spec = validate_data(_study(plugin, model, setup))
     except SpecError as err:  # a plugin may refuse a backbone, but only at validation
         assert plugin in str(err) or any(p in str(err) for p in plugin_registry()), err
         pytest.skip(f"{plugin} does not apply to {model}: {err.problems[0]}")

@@ -507,3 +507,95 @@ def test_study_file_variants_resolve_to_their_plugin_sets() -> None:
         TrialConfig.model_validate(config)
     assert spec.model.name == "resnet50" and spec.model.cifar_stem
     assert spec.dataset.name == "cifar10"
+
+
+# --- model.drop_rate: penalties see Emb(x) before any dropout ----------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *BACKBONES,
+        "test_nfnet",  # ClassifierHead
+        "test_convnext",  # NormMlpClassifierHead
+        pytest.param("mobilenetv3_small_050", marks=pytest.mark.slow),  # drops after pre_logits
+    ],
+)
+def test_embedding_penalties_take_the_embedding_before_timms_dropout(name: str) -> None:
+    """With model.drop_rate = p, Emb(x) is the pooled features themselves (not zeroed, not
+    scaled by 1/(1−p)); the dropout acts once, inside the classifier, in the trial's step
+    and in model(x) alike."""
+    from normstudy.trial._evaluations import forward_parts
+
+    p, coefficient = 0.5, 0.3
+
+    def build(drop_rate: float) -> Any:
+        config = TrialConfig(
+            model=ModelSpec(name=name, drop_rate=drop_rate),
+            plugins={"embedding_l2": {"coefficient": coefficient}},
+        )
+        torch.manual_seed(0)
+        return build_model(config, num_classes=10, in_chans=3).train(), config
+
+    ref, _ = build(0.0)
+    net, config = build(p)
+    clf = net.get_classifier()
+    assert isinstance(clf, DropoutLinear) and clf.p == p
+    (plugin,) = instantiate(config.plugins, PluginContext(config, 10, 3, train_size=100))
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        pooled = ref.forward_head(ref.forward_features(x), pre_logits=True)  # no dropout at all
+    torch.manual_seed(3)
+    embedding, logits = forward_parts(net, x)
+    torch.testing.assert_close(embedding, pooled)
+    torch.manual_seed(3)
+    expected = F.linear(F.dropout(pooled, p, training=True), clf.weight, clf.bias)
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(logits, F.linear(pooled, clf.weight, clf.bias))  # it does drop
+    torch.manual_seed(3)
+    torch.testing.assert_close(net(x), expected)  # the plain forward drops once, the same way
+    out = StepOutputs(x, torch.zeros(6, dtype=torch.long), embedding, logits, net)
+    term = plugin.loss_terms(out)["embedding_l2"]
+    by_formula = coefficient * (pooled.double() ** 2).sum(1).mean() / pooled.shape[1]
+    assert float(term.detach()) == pytest.approx(float(by_formula), rel=1e-5)
+    ref.load_state_dict(net.state_dict())  # same keys; the running statistics of net's passes
+    with torch.no_grad():  # eval mode: no dropout anywhere
+        torch.testing.assert_close(net.eval()(x), ref.eval()(x))
+
+
+def test_drop_rate_of_an_unknown_head_is_refused() -> None:
+    config = TrialConfig(model=ModelSpec(name="test_vit", drop_rate=0.1))
+    with pytest.raises(ValueError, match=r"model\.drop_rate: .*VisionTransformer"):
+        build_model(config, num_classes=10, in_chans=3)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])
+def test_standardization_at_zero_variance_is_finite_constant_and_flat(eps: float) -> None:
+    """Behind Fixup's zero-initialized last convs every channel is 0 (σ² = 0, μ = 0): the
+    position's term is ½·C·(−log ε − 1) for the configured ε, and it sends no gradient
+    anywhere; the other positions follow the formula with the same ε."""
+    plugins = {**BN_FREE, "fixup": {}, "standardization": {"coefficient": 1.0, "eps": eps}}
+    net, _, made = setup("test_resnet", plugins)
+    (plugin,) = [p for p in made if p.name == "standardization"]
+    inputs: dict[int, torch.Tensor] = {}
+    positions = [m for m in net.modules() if isinstance(m, NormLayer | RemovedNorm)]
+    for index, module in enumerate(positions):
+        module.register_forward_pre_hook(
+            lambda _, args, i=index: inputs.__setitem__(i, args[0].detach().double().clone())
+        )
+    step_outputs(net.train(), torch.randn(6, 3, 16, 16))
+    terms: dict[int, torch.Tensor] = dict(plugin.terms)  # type: ignore[attr-defined]
+    dead = [i for i, x in inputs.items() if not x.any()]
+    assert dead and len(dead) < len(positions)  # one per residual block
+    for i, x in inputs.items():
+        channels = x.shape[1]
+        values = x.transpose(0, 1).flatten(1)  # (C, N·H·W)
+        mu, var = values.mean(1), values.var(1, unbiased=False)
+        expected = 0.5 * float((mu**2 + var - torch.log(var + eps) - 1).sum())
+        if i in dead:
+            assert expected == pytest.approx(0.5 * channels * (-math.log(eps) - 1), rel=1e-12)
+        assert float(terms[i].detach()) == pytest.approx(expected, rel=1e-4), i
+    dead_sum = torch.stack([terms[i] for i in dead]).sum()
+    params = [p for p in net.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(dead_sum, params, allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)

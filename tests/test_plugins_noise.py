@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from normstudy.models import NormLayer, build_model, norm_positions
+from normstudy.models._norm import channel_view
 from normstudy.models._stochastic_layers import NOISY_BN_SCALE, NOISY_BN_SHIFT
-from normstudy.plugins import Plugin, PluginContext, instantiate
+from normstudy.plugins import Plugin, PluginContext, instantiate, validate_plugin_options
 from normstudy.spec._model import ModelSpec, StudySpec, TrialConfig
 
 torch.set_num_threads(1)
@@ -73,6 +74,7 @@ def assert_mean(sample: torch.Tensor, expected: float) -> None:
         {"noise": {"sigma_u": 0.3, "sigma_v": 0.3}},
         {"noise": {"mode": "bn_like", "batch": 2}},
         {"noisy_bn": {"shift_std": 1.0, "scale_std": 0.5}},
+        {"noisy_bn": {"shift_std": 1.0, "scale_std": 0.5, "granularity": "channel"}},
     ],
 )
 def test_noise_is_absent_in_eval_and_present_in_training(name: str, plugins: dict) -> None:
@@ -174,9 +176,71 @@ def test_impossible_noise_studies_are_rejected(model: str, plugins: dict, field:
 
 # --- noisy_bn ----------------------------------------------------------------------------
 
+CHANNEL = {"granularity": "channel"}
 
-def test_noisy_bn_is_per_step_and_channel_shared_by_the_batch() -> None:
-    layer, _ = single_layer({"noisy_bn": {"shift_mean": 0.5}}, 6)
+
+def activation_noise(layer: NormLayer, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """a and m of one per-activation draw: the stages run on x̂ = 0 and on x̂ = 1 with the
+    same RNG state, so (x̂ + a)·m gives m = out₁ − out₀ and a = out₀/m at every activation."""
+    state = torch.get_rng_state()
+    outs = []
+    for value in (0.0, 1.0):
+        torch.set_rng_state(state)
+        out = torch.full(shape, value)
+        for stage in layer.perturb:
+            out = stage(layer, out)
+        outs.append(out)
+    m = outs[1] - outs[0]
+    return outs[0] / m, m
+
+
+def test_noisy_bn_default_is_iid_per_activation_and_redrawn_each_step() -> None:
+    options = {"shift_mean": 0.4, "shift_std": 0.6, "scale_std": 0.3}
+    layer, (plugin,) = single_layer({"noisy_bn": options}, 6)
+    assert plugin.options.granularity == "activation"  # type: ignore[attr-defined]
+    assert not hasattr(layer, NOISY_BN_SHIFT)  # nothing held between steps
+    torch.manual_seed(4)
+    shape = (400, 6, 5, 5)
+    a, m = activation_noise(layer, shape)
+    assert len(set(a[:2].flatten().tolist())) == a[:2].numel()  # one draw per activation
+    # Laws: a ~ N(0.4, 0.6²), log m ~ N(0, 0.3²).
+    assert (m > 0).all()
+    assert_mean(a, 0.4)
+    assert_mean((a - 0.4) ** 2, 0.6**2)
+    assert_mean(m.log(), 0.0)
+    assert_mean(m.log() ** 2, 0.3**2)
+    # Independent: neighbours in space, channels and samples are uncorrelated, and a of m.
+    z = (a - 0.4) / 0.6
+    for other in (z.roll(1, dims=3), z.roll(1, dims=1), z.roll(1, dims=0), m.log() / 0.3):
+        assert_mean(z * other, 0.0)
+    # Time-varying: the next forward draws anew.
+    again, _ = activation_noise(layer, shape)
+    assert not torch.equal(again, a)
+    x = torch.randn(4, 6, 3, 3)
+    layer.eval()
+    assert torch.equal(layer(x), nn.BatchNorm2d(6).eval()(x))  # off in eval mode
+
+
+def test_noisy_bn_activation_noise_enters_as_the_formula() -> None:
+    """y = γ·((x̂ + a)·m) + β with x̂ BN's batch standardization, a, m of the same draw."""
+    layer, _ = single_layer({"noisy_bn": {"shift_mean": 0.3, "scale": "normal"}}, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+        layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    x = torch.randn(8, 3, 4, 4) * 3 - 1
+    torch.manual_seed(6)
+    a, m = activation_noise(layer, tuple(x.shape))
+    torch.manual_seed(6)
+    out = layer(x)
+    xhat = (x - x.mean((0, 2, 3), keepdim=True)) / torch.sqrt(
+        x.var((0, 2, 3), unbiased=False, keepdim=True) + layer.eps
+    )
+    expected = channel_view(layer.weight, x) * ((xhat + a) * m) + channel_view(layer.bias, x)
+    torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_noisy_bn_channel_is_per_step_and_channel_shared_by_the_batch() -> None:
+    layer, _ = single_layer({"noisy_bn": {"shift_mean": 0.5, **CHANNEL}}, 6)
     u, v = two_point(layer, n=4, h=3)
     shift, scale = getattr(layer, NOISY_BN_SHIFT), getattr(layer, NOISY_BN_SCALE)
     # y = (x̂ + a)·m: the same a, m for every sample and position, one per channel.
@@ -189,8 +253,8 @@ def test_noisy_bn_is_per_step_and_channel_shared_by_the_batch() -> None:
 
 
 @pytest.mark.parametrize("every", [1, 3])
-def test_noisy_bn_redraws_every_n_steps(every: int) -> None:
-    layer, (plugin,) = single_layer({"noisy_bn": {"every": every}}, 4)
+def test_noisy_bn_channel_redraws_every_n_steps(every: int) -> None:
+    layer, (plugin,) = single_layer({"noisy_bn": {"every": every, **CHANNEL}}, 4)
     holder = nn.Sequential(layer)
     drawn = [getattr(layer, NOISY_BN_SHIFT).clone()]
     for step in range(1, 7):
@@ -202,8 +266,8 @@ def test_noisy_bn_redraws_every_n_steps(every: int) -> None:
 
 
 @pytest.mark.parametrize("law", ["lognormal", "normal"])
-def test_noisy_bn_laws(law: str) -> None:
-    options = {"shift_mean": 0.3, "shift_std": 0.7, "scale": law, "scale_std": 0.2}
+def test_noisy_bn_channel_laws(law: str) -> None:
+    options = {"shift_mean": 0.3, "shift_std": 0.7, "scale": law, "scale_std": 0.2, **CHANNEL}
     layer, _ = single_layer({"noisy_bn": options}, 40000)
     shift, scale = getattr(layer, NOISY_BN_SHIFT), getattr(layer, NOISY_BN_SCALE)
     assert_mean(shift, 0.3)
@@ -216,18 +280,34 @@ def test_noisy_bn_laws(law: str) -> None:
     assert_mean((scale - center) ** 2, 0.2**2)
 
 
-def test_noisy_bn_noise_is_in_the_state_dict() -> None:
-    net, _ = setup("test_resnet", {"noisy_bn": {}})
+def test_noisy_bn_activation_normal_law() -> None:
+    layer, _ = single_layer({"noisy_bn": {"scale": "normal", "scale_std": 0.2}}, 8)
+    torch.manual_seed(7)
+    _, m = activation_noise(layer, (500, 8, 4, 4))
+    assert_mean(m, 1.0)
+    assert_mean((m - 1) ** 2, 0.2**2)
+
+
+def test_noisy_bn_every_is_for_the_channel_granularity() -> None:
+    with pytest.raises(ValueError, match=r"plugins\.noisy_bn\.every: .*granularity 'channel'"):
+        validate_plugin_options({"noisy_bn": {"every": 3}})
+    assert validate_plugin_options({"noisy_bn": {"every": 3, **CHANNEL}})["noisy_bn"]["every"] == 3
+
+
+def test_noisy_bn_channel_noise_is_in_the_state_dict() -> None:
+    net, _ = setup("test_resnet", {"noisy_bn": CHANNEL})
     state = net.state_dict()
     keys = [k for k in state if k.endswith(NOISY_BN_SHIFT) or k.endswith(NOISY_BN_SCALE)]
     assert len(keys) == 2 * len(norm_positions(net))
     torch.manual_seed(5)
-    other, _ = setup("test_resnet", {"noisy_bn": {}})  # setup reseeds: draw anew first
+    other, _ = setup("test_resnet", {"noisy_bn": CHANNEL})  # setup reseeds: draw anew first
     for _, layer in norm_positions(other):
         getattr(layer, NOISY_BN_SHIFT).normal_()
     other.load_state_dict(state)
     for (_, a), (_, b) in zip(norm_positions(net), norm_positions(other), strict=True):
         assert torch.equal(getattr(a, NOISY_BN_SHIFT), getattr(b, NOISY_BN_SHIFT))
+    default, _ = setup("test_resnet", {"noisy_bn": {}})
+    assert set(default.state_dict()) == set(setup("test_resnet", {})[0].state_dict())
 
 
 # --- agc -----------------------------------------------------------------------------------

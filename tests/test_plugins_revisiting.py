@@ -13,6 +13,7 @@ from torch.optim import lr_scheduler
 
 from normstudy.models import (
     InputNorm,
+    NormLayer,
     activation_std,
     build_model,
     first_conv,
@@ -29,6 +30,7 @@ from normstudy.plugins import (
     validate_plugin_options,
 )
 from normstudy.spec._model import ModelSpec, TrialConfig
+from tests.test_plugin_contract import plugins_of, setups
 
 torch.set_num_threads(1)
 
@@ -99,11 +101,11 @@ def test_plugin_is_described_and_has_strict_defaults(plugin: str) -> None:
 
 
 @pytest.mark.parametrize("name", BACKBONES)
-@pytest.mark.parametrize("plugin", sorted(plugin_registry()))
-def test_plugin_trains_and_keeps_the_model_whole(plugin: str, name: str) -> None:
+@pytest.mark.parametrize(("plugin", "setup"), setups(), ids=[f"{p}-{s}" for p, s in setups()])
+def test_plugin_trains_and_keeps_the_model_whole(plugin: str, setup: str, name: str) -> None:
     _, plain, _, _ = setup_trial(name, {})
     try:
-        _, net, groups, _ = setup_trial(name, {plugin: {}, **plugin_registry()[plugin].partners})
+        _, net, groups, _ = setup_trial(name, plugins_of(plugin, setup))
     except ValueError as err:  # a plugin may refuse a backbone, but only with a clear error
         pytest.skip(f"{plugin} does not apply to {name}: {err}")
     assert act_drop_types(net) == act_drop_types(plain)  # BatchNormAct2d keep act and drop
@@ -306,3 +308,179 @@ def test_plugins_run_in_documented_order() -> None:
 def test_options_are_checked(plugins: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         validate_plugin_options(plugins)
+
+
+# --- affine_form -----------------------------------------------------------------------
+
+
+def _affine_layer(affine: str, channels: int = 4) -> tuple[nn.Module, Any]:
+    """A lone BN patched to the formulation, with random γ, β (and γ₀), in training mode."""
+    config = TrialConfig(plugins={"affine_form": {"affine": affine}})
+    (plugin,) = instantiate(config.plugins, PluginContext(config, 10, 3, train_size=100))
+    holder = plugin.patch_model(nn.Sequential(nn.BatchNorm2d(channels)))
+    layer = holder[0]
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for param in layer.parameters():  # γ, β and, for A2, γ₀
+            param.uniform_(-1.5, 1.5)
+    return holder.train(), layer
+
+
+def _affine_by_formula(
+    affine: str, xhat: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, gamma0: Any
+) -> torch.Tensor:
+    g, b = gamma.view(1, -1, 1, 1), beta.view(1, -1, 1, 1)
+    if affine == "standard":
+        return g * xhat + b
+    if affine == "A1":
+        return g * (xhat + b)
+    return g * (gamma0.view(1, -1, 1, 1) * xhat + b)
+
+
+@pytest.mark.parametrize("affine", ["standard", "A1", "A2"])
+def test_affine_formulations_follow_the_formula(affine: str) -> None:
+    holder, layer = _affine_layer(affine)
+    assert (getattr(layer, "gamma0", None) is not None) == (affine == "A2")
+    x = torch.randn(8, 4, 3, 5) * 3 + 1
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in layer.named_parameters()}
+    mean = x.mean((0, 2, 3), keepdim=True)
+    var = x.var((0, 2, 3), unbiased=False, keepdim=True)
+    xhat = (x - mean) / torch.sqrt(var + layer.eps)
+    gamma0 = params.get("gamma0")
+    expected = _affine_by_formula(affine, xhat, params["weight"], params["bias"], gamma0)
+    out = holder(x)
+    torch.testing.assert_close(out, expected)
+    weights = torch.randn_like(out)
+    got = torch.autograd.grad((out * weights).sum(), list(layer.parameters()))
+    want = torch.autograd.grad((expected * weights).sum(), list(params.values()))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    holder.eval()  # running statistics, same formula
+    xhat = (x - layer.running_mean.view(1, -1, 1, 1)) / torch.sqrt(
+        layer.running_var.view(1, -1, 1, 1) + layer.eps
+    )
+    expected = _affine_by_formula(affine, xhat, params["weight"], params["bias"], gamma0)
+    torch.testing.assert_close(holder(x), expected.detach())
+
+
+@pytest.mark.parametrize("affine", ["A1", "A2"])
+def test_affine_coefficients_and_shift(affine: str) -> None:
+    """a, b of y = a·x̂ + b (analytic moments and weight norm's init rely on them), and
+    ``set_shift`` solving b for β: also where γ = 0 (β is then left alone)."""
+    from normstudy.models._analytic import norm_output_moments
+    from normstudy.models._norm import affine_coefficients
+
+    _, layer = _affine_layer(affine)
+    gamma, beta = layer.weight.detach(), layer.bias.detach()
+    scale = gamma * (layer.gamma0.detach() if affine == "A2" else 1.0)
+    a, b = affine_coefficients(layer)
+    torch.testing.assert_close(a, scale)
+    torch.testing.assert_close(b, gamma * beta)
+    mean, var = torch.rand(4), torch.rand(4) + 0.5
+    m, v = norm_output_moments(layer, mean, var)
+    torch.testing.assert_close(m, gamma * beta)
+    torch.testing.assert_close(v, scale**2 * var / (var + layer.eps))
+    with torch.no_grad():
+        layer.weight[0] = 0.0
+    old = layer.bias.detach().clone()
+    shift = torch.tensor([5.0, -1.0, 0.5, 2.0])
+    layer.affine_stage.set_shift(layer, shift)
+    torch.testing.assert_close(layer.bias[1:], shift[1:] / layer.weight[1:].detach())
+    assert layer.bias[0] == old[0]
+
+
+def _explicit_path(net: nn.Module) -> nn.Module:
+    """Every NormLayer through its stages rather than BN's fused kernel (an identity perturb),
+    so two formulations are compared with the same operations."""
+    for m in net.modules():
+        if isinstance(m, NormLayer):
+            m.perturb.append(lambda _layer, xhat: xhat)
+    return net
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("affine", ["A1", "A2"])
+def test_affine_formulations_start_as_bn_after_gamma_init(name: str, affine: str) -> None:
+    """With 004's init (0 < γ ≤ 1, γ₀ = 1, β = 0) all three formulations compute the same
+    network, timm's zero-initialized last γ of ResNet blocks (kept) included; gamma_init sets
+    γ and β whatever the formulation."""
+    plugins: dict[str, Any] = {"gamma_init": {"value": 0.25, "keep_zero_init": True}}
+    _, plain, _, _ = setup_trial(name, {**plugins, "affine_form": {"affine": "standard"}})
+    _, net, _, _ = setup_trial(name, {**plugins, "affine_form": {"affine": affine}})
+    layers = norm_layers(net)
+    assert all(
+        isinstance(bn, NormLayer) and bn.owners["affine"] == "affine_form" for _, bn in layers
+    )
+    for (_, bn), (_, ref) in zip(layers, norm_layers(plain), strict=True):
+        torch.testing.assert_close(bn.weight, ref.weight)
+        assert not bn.bias.any()
+        if affine == "A2":
+            assert torch.equal(bn.gamma0, torch.ones_like(bn.weight))  # type: ignore[arg-type]
+    _explicit_path(plain)
+    x = torch.randn(4, 3, 32, 32)
+    for train in (False, True):  # (x̂ + 0)·γ and (1·x̂ + 0)·γ are x̂·γ + 0 exactly
+        torch.testing.assert_close(net.train(train)(x), plain.train(train)(x), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_affine_a2_gamma0_group_and_lr(name: str) -> None:
+    plugins = {
+        "affine_form": {"affine": "A2"},
+        "lr_divisor": {"gamma": 100.0, "beta": 10.0, "gamma0": 4.0},
+        "gamma_init": {},
+    }
+    _, net, groups, made = setup_trial(name, plugins)
+    assert [p.name for p in made] == ["affine_form", "lr_divisor", "gamma_init"]
+    by_kind = {g.kind: g for g in groups}
+    gamma0 = {n for n, _ in net.named_parameters() if n.endswith(".gamma0")}
+    assert gamma0 and set(by_kind["norm_gamma0"].names) == gamma0
+    assert not gamma0 & {n for g in groups if g.kind != "norm_gamma0" for n in g.names}
+    assert by_kind["norm_gamma0"].lr_scale == 1 / 4 and by_kind["norm_gamma0"].weight_decay == 0
+    assert by_kind["norm_weight"].lr_scale == 1 / 100
+    # One SGD step (momentum buffers start at the gradient): Δγ₀ = −(lr/c_γ₀)·∂L/∂γ₀.
+    x = torch.rand(8, 3, 32, 32)
+    before = {n: p.detach().clone() for n, p in net.named_parameters() if n in gamma0}
+    nn.functional.cross_entropy(net.train()(x), torch.arange(8) % 10).backward()
+    grads = {n: p.grad.detach().clone() for n, p in net.named_parameters() if n in gamma0}
+    sgd(groups, lr=0.2).step()
+    for n, p in net.named_parameters():
+        if n in gamma0:
+            torch.testing.assert_close(p.detach(), before[n] - 0.2 / 4 * grads[n])
+    assert any(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_lr_divisor_default_leaves_gamma0_at_the_base_lr() -> None:
+    plugins = {"affine_form": {"affine": "A2"}, "lr_divisor": {}}
+    _, _, groups, _ = setup_trial("test_resnet", plugins)
+    scales = {g.kind: g.lr_scale for g in groups}
+    assert scales["norm_gamma0"] == 1.0 and scales["norm_weight"] == 1 / 100
+
+
+def test_affine_form_is_searchable_and_checked() -> None:
+    from normstudy.spec import SpecError, validate_data
+    from normstudy.spec._space import resolve_config
+
+    study = {
+        "name": "affine",
+        "model": {"name": "test_resnet"},
+        "plugins": {"affine_form": {}, "gamma_init": {}, "lr_divisor": {}},
+        "search": {
+            "space": {
+                "plugins.affine_form.affine": {
+                    "type": "categorical",
+                    "choices": ["standard", "A1", "A2"],
+                }
+            }
+        },
+    }
+    spec = validate_data(study)
+    for choice in ("standard", "A1", "A2"):
+        config = resolve_config(spec.trial_base(), {"plugins.affine_form.affine": choice})
+        assert TrialConfig.model_validate(config).plugins["affine_form"]["affine"] == choice
+    study["search"]["space"]["plugins.affine_form.affine"]["choices"] = ["A1", "A3"]  # type: ignore[index]
+    with pytest.raises(SpecError, match=r"plugins\.affine_form\.affine"):
+        validate_data(study)
+    with pytest.raises(SpecError, match=r"plugins\.affine_form and plugins\.bayesian_scale"):
+        validate_data({"name": "x", "plugins": {"affine_form": {}, "bayesian_scale": {}}})
+    with pytest.raises(SpecError, match=r"plugins\.affine_form and plugins\.remove_norm"):
+        validate_data({"name": "x", "plugins": {"affine_form": {}, "remove_norm": {}}})

@@ -496,3 +496,87 @@ def test_linear_lr_scaling_sets_every_group_lr(batch: int) -> None:
         {**config, "train": {**config["train"], "lr_scaling": "none"}}, LocalReporter()
     )
     assert {g["kind"]: g["initial_lr"] for g in unscaled.optimizer.param_groups}["weight"] == 0.05
+
+
+# --- weight norm + mean-only / variance-only BN (001, Sect. 5) -----------------------------
+
+
+def _wn_half(plugin: str) -> tuple[nn.Sequential, list[Plugin]]:
+    """conv (no bias) → BN with weight_norm and a half norm, γ and β random, training mode."""
+    config = TrialConfig.model_validate({"plugins": {"weight_norm": {}, plugin: {}}})
+    made = instantiate(config.plugins, PluginContext(config, 4, 3, train_size=100))
+    assert [p.name for p in made] == [plugin, "weight_norm"]  # the half norm claims first
+    torch.manual_seed(0)
+    net: Any = nn.Sequential(nn.Conv2d(3, 5, 3, bias=False), nn.BatchNorm2d(5))
+    for p in made:
+        net = p.patch_model(net)
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.5, 0.5)
+    return net.train(), made
+
+
+def _half_by_formula(plugin: str, h: torch.Tensor, mean: Any, var: Any) -> torch.Tensor:
+    """001's half standardizations of the pre-activations h (per channel, mean/var given)."""
+    if plugin == "mean_only":
+        return h - channel_view(mean, h)
+    return h / channel_view((var + 1e-5).sqrt(), h)
+
+
+@pytest.mark.parametrize("plugin", ["mean_only", "variance_only"])
+def test_weight_norm_with_half_norm_follows_the_formula(plugin: str) -> None:
+    net, _ = _wn_half(plugin)
+    conv, layer = net[0], net[1]
+    assert isinstance(layer, NormLayer)
+    assert layer.owners == {"normalize": plugin}  # batch statistics kept, not weight norm's
+    assert (layer.center, layer.scale) == (plugin == "mean_only", plugin == "variance_only")
+    v = conv.parametrizations.weight.original1.detach()
+    w = v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # W = v/‖v‖ per output channel
+    gamma, beta = layer.weight.detach(), layer.bias.detach()
+    torch.manual_seed(1)
+    x = torch.randn(16, 3, 7, 7) * 2 + 0.5
+    h = F.conv2d(x, w)
+    var, mean = torch.var_mean(h, dim=(0, 2, 3), unbiased=False)
+    expected = channel_view(gamma, h) * _half_by_formula(plugin, h, mean, var)
+    expected = expected + channel_view(beta, h)
+    torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # WN: the scale of v does not matter
+        conv.parametrizations.weight.original1.mul_(3.0)
+    torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+    net.eval()  # running averages of the batch statistics (mean-only BN's test-time form)
+    running = _half_by_formula(plugin, h, layer.running_mean, layer.running_var)
+    expected = channel_view(gamma, h) * running + channel_view(beta, h)
+    torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("plugin", ["mean_only", "variance_only"])
+def test_weight_norm_with_half_norm_data_init(plugin: str) -> None:
+    """000's init on the normalized input z of the affine: output = γ₀·(z − μ_z)/√(σ_z² + eps)
+    + β₀ on the init batch; the running statistics are left as they were."""
+    net, made = _wn_half(plugin)
+    layer = net[1]
+    gamma0, beta0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    running = (layer.running_mean.clone(), layer.running_var.clone())
+    torch.manual_seed(2)
+    x = torch.randn(64, 3, 7, 7) * 1.5 - 0.3
+    for p in made:
+        p.data_init(net, x)
+    assert torch.equal(layer.running_mean, running[0])
+    assert torch.equal(layer.running_var, running[1])
+    with torch.no_grad():
+        h = net[0](x)
+        var, mean = torch.var_mean(h, dim=(0, 2, 3), unbiased=False)
+        z = _half_by_formula(plugin, h, mean, var)
+        var_z, mean_z = torch.var_mean(z, dim=(0, 2, 3), unbiased=False)
+        expected = (z - channel_view(mean_z, z)) / channel_view((var_z + 1e-5).sqrt(), z)
+        expected = channel_view(gamma0, z) * expected + channel_view(beta0, z)
+        torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
+    if plugin == "mean_only":  # centering does the shift: only the scale moved
+        torch.testing.assert_close(layer.bias.detach(), beta0)
+
+
+def test_weight_norm_composes_with_half_norms_but_not_analytic_norm() -> None:
+    for half in ("mean_only", "variance_only"):
+        validate_data({"name": "s", "plugins": {"weight_norm": {}, half: {}}})
+        with pytest.raises(SpecError, match=rf"plugins\.analytic_norm and plugins\.{half}"):
+            validate_data({"name": "s", "plugins": {"analytic_norm": {}, half: {}}})

@@ -8,9 +8,10 @@ not depend on the batch: train and eval mode compute the same function. Moments 
 
 - conv / linear: mean Σ w·m + b, variance Σ w²·v, summed over input channels and the kernel
   window (zero padding at the borders is ignored);
-- normalization: μ̂, σ̂² of its input are recorded; its output has mean β and variance
-  γ²·σ̂²/(σ̂² + eps) (x̂ = (x − μ̂)/σ̂ has mean 0 by construction); noise stages and non-standard
-  affine formulations of other plugins are not modelled;
+- normalization: μ̂, σ̂² of its input are recorded; with its affine y = a·x̂ + b per channel
+  (BN: a = γ, b = β; 004's A1/A2 through their coefficients) its output has mean b and variance
+  a²·σ̂²/(σ̂² + eps) (x̂ = (x − μ̂)/σ̂ has mean 0 by construction); noise stages are not
+  modelled;
 - ReLU: the moments of a rectified Gaussian with the input's mean and variance;
 - residual sum (``x += shortcut``): means and variances add (branch and shortcut independent);
 - max/average pooling, dropout, DropBlock, DropPath and anti-aliasing identities: moments kept
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from normstudy.models._norm import NormLayer, RemovedNorm, channel_view
+from normstudy.models._norm import NormLayer, RemovedNorm, affine_coefficients, channel_view
 
 Moments = tuple[torch.Tensor, torch.Tensor]
 Record = Callable[[NormLayer, torch.Tensor, torch.Tensor], None]
@@ -98,10 +99,15 @@ def norm_output_moments(layer: nn.Module, mean: torch.Tensor, var: torch.Tensor)
     """Moments after a layer normalizing with its input's own statistics and its affine."""
     eps = float(getattr(layer, "eps", 1e-5))
     scaled_var = var / (var + eps)
-    weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
-    if weight is None or bias is None:
+    if isinstance(layer, NormLayer):  # any formulation: y = a·x̂ + b per channel
+        coefficients = affine_coefficients(layer)
+    else:
+        weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+        coefficients = None if weight is None or bias is None else (weight, bias)
+    if coefficients is None:
         return torch.zeros_like(mean), scaled_var
-    return bias.expand_as(mean), weight.pow(2) * scaled_var
+    a, b = coefficients
+    return b.expand_as(mean), a.pow(2) * scaled_var
 
 
 # -- walking a timm ResNet ------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
+from normstudy.models._head import move_head_dropout
 from normstudy.models._inspect import INPUT_NORM_MARKER, first_conv
 
 if TYPE_CHECKING:
@@ -14,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def build_model(config: TrialConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """Create ``config.model`` with timm (random init), with the CIFAR stem if asked.
+    """Create ``config.model`` with timm (random init), with the CIFAR stem if asked, and
+    timm's head dropout (``model.drop_rate``) moved into the classifier.
 
     Args:
         config: The trial's config; ``config.model`` names the timm model and its options.
@@ -37,6 +39,8 @@ def build_model(config: TrialConfig, num_classes: int, in_chans: int) -> nn.Modu
     )
     if spec.cifar_stem:
         _cifar_stem(model, spec.name)
+    # Emb(x) (forward_head(pre_logits=True)) is then taken before timm's head dropout.
+    move_head_dropout(model, spec.drop_rate)
     return model
 
 

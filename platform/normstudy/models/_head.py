@@ -78,16 +78,55 @@ class DropoutLinear(nn.Linear):
         return f"{super().extra_repr()}, dropout={self.p}"
 
 
-def add_classifier_dropout(model: nn.Module, p: float) -> DropoutLinear:
-    """Replace the classifier (``get_classifier()``, a ``Linear``) by a :class:`DropoutLinear`."""
+def add_classifier_dropout(
+    model: nn.Module, p: float, field: str = "plugins.final_dropout"
+) -> DropoutLinear:
+    """Replace the classifier (``get_classifier()``, a ``Linear``) by a :class:`DropoutLinear`
+    (``field`` names the option asking for it in errors)."""
     timm_model: Any = model
     classifier = timm_model.get_classifier()
     if not isinstance(classifier, nn.Linear):
         raise ValueError(
-            f"plugins.final_dropout: the classifier is a {type(classifier).__name__}, "
-            "not a Linear layer"
+            f"{field}: the classifier is a {type(classifier).__name__}, not a Linear layer"
         )
     name = next(n for n, m in model.named_modules() if m is classifier)
     layer = DropoutLinear(classifier, p)
     model.set_submodule(name, layer)
     return layer
+
+
+def move_head_dropout(model: nn.Module, p: float) -> DropoutLinear | None:
+    """Move timm's head dropout (``drop_rate``) into the classifier, as a :class:`DropoutLinear`.
+
+    timm drops the pooled features inside ``forward_head`` before returning them for
+    ``pre_logits`` (ResNet, EfficientNet, models with a ``ClassifierHead`` such as NF-ResNets or
+    a ``NormMlpClassifierHead`` such as ConvNeXt), so
+    Emb(x) would arrive at loss terms dropped and scaled by 1/(1−p); MobileNetV3 drops after
+    the ``pre_logits`` return, so a classifier called on Emb(x) would not drop at all. Inside
+    the classifier the dropout acts once, in the same place of the forward (same draws), and
+    ``forward_head(pre_logits=True)`` returns Emb(x) before any dropout.
+
+    Raises:
+        ValueError: ``p > 0`` for a family whose head dropout is not known here.
+    """
+    if p <= 0:
+        return None
+    from timm.layers import ClassifierHead, NormMlpClassifierHead
+    from timm.models import EfficientNet, MobileNetV3, ResNet
+
+    timm_model: Any = model
+    head = getattr(model, "head", None)
+    if isinstance(model, ResNet | EfficientNet | MobileNetV3):
+        timm_model.drop_rate = 0.0  # forward_head's F.dropout(p=self.drop_rate): now off
+    elif isinstance(head, ClassifierHead | NormMlpClassifierHead) and isinstance(
+        head.drop, nn.Dropout
+    ):
+        head.set_submodule("drop", nn.Identity())  # the head's drop, before its pre_logits
+    else:
+        raise ValueError(
+            f"model.drop_rate: where timm drops the features of a {type(model).__name__} is not "
+            "known here (supported: ResNet, EfficientNet, MobileNetV3 and models with timm's "
+            "ClassifierHead / NormMlpClassifierHead); set model.drop_rate to 0, or use "
+            "plugins.final_dropout"
+        )
+    return add_classifier_dropout(model, p, field="model.drop_rate")

@@ -49,11 +49,51 @@ def batch_statistics(layer: NormLayer, x: torch.Tensor) -> tuple[torch.Tensor, t
     return channel_view(layer.running_mean, x), channel_view(layer.running_var, x)
 
 
-def standard_affine(layer: NormLayer, xhat: torch.Tensor) -> torch.Tensor:
-    """y = γ·x̂ + β."""
-    if layer.weight is None or layer.bias is None:
-        return xhat
-    return xhat * channel_view(layer.weight, xhat) + channel_view(layer.bias, xhat)
+class Affine:
+    """The affine stage of a ``NormLayer``: BN's y = γ·x̂ + β, and the base of the other
+    formulations (004's A1 and A2, 000's stochastic scale).
+
+    Every formulation is, per channel, y = a·x̂ + b with (a, b) functions of the layer's
+    parameters: ``coefficients`` gives them (for a stochastic scale, those of its mean), so code
+    that must know the affine (analytic moments, weight norm's data-dependent init) works with
+    any formulation. a is linear in γ in every formulation.
+    """
+
+    name = "standard"
+
+    def coefficients(self, layer: NormLayer) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel (a, b) with y = a·x̂ + b; None for a layer without γ/β (affine=False)."""
+        if layer.weight is None or layer.bias is None:
+            return None
+        return layer.weight, layer.bias
+
+    def set_shift(self, layer: NormLayer, shift: torch.Tensor) -> None:
+        """Set the parameters in place (no autograd) so that b = ``shift``, a unchanged."""
+        assert layer.bias is not None
+        with torch.no_grad():
+            layer.bias.copy_(shift)
+
+    def __call__(self, layer: NormLayer, xhat: torch.Tensor) -> torch.Tensor:
+        coefficients = self.coefficients(layer)
+        if coefficients is None:
+            return xhat
+        a, b = coefficients
+        return xhat * channel_view(a, xhat) + channel_view(b, xhat)
+
+
+standard_affine = Affine()
+"""y = γ·x̂ + β: BN's own affine (a NormLayer with it, and default stages, runs BN's kernel)."""
+
+
+def affine_coefficients(layer: NormLayer) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(a, b) of the layer's affine stage, y = a·x̂ + b per channel (None: no γ/β)."""
+    stage = layer.affine_stage
+    if not isinstance(stage, Affine):
+        raise TypeError(
+            f"the affine stage {type(stage).__name__} of {layer!r} is not an Affine: its "
+            "coefficients are unknown"
+        )
+    return stage.coefficients(layer)
 
 
 class NormLayer(_BatchNorm):
@@ -66,7 +106,8 @@ class NormLayer(_BatchNorm):
         statistics: ``(layer, x) -> (mean, var)`` broadcastable to x.
         center / scale: subtract the mean / divide by the standard deviation.
         perturb: stages applied to x̂ before the affine (noise), in order.
-        affine_stage: ``(layer, x̂) -> y`` (``affine`` is BN's flag: has γ/β).
+        affine_stage: ``(layer, x̂) -> y``, an :class:`Affine` (``affine`` is BN's flag: has
+            γ/β).
         observers: called with the layer's raw input (statistics penalties).
         owners: stage name -> plugin name, so two plugins never silently share a stage.
     """

@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from normstudy.models._inspect import is_input_norm
-from normstudy.models._norm import NormLayer, RemovedNorm
+from normstudy.models._norm import Affine, NormLayer, RemovedNorm, channel_view
 
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -140,61 +140,82 @@ def weight_normalize(conv: nn.Module, norm: NormLayer, plugin: str) -> None:
     shaped like a 4-D conv weight) is fixed at 1 and frozen, so it is in no optimizer group and
     no weight decay can touch it: the per-channel scale is s, the norm layer's γ, which keeps
     the kind ``norm_weight`` (γ diagnostics, γ decay and lr divisors keep applying).
+
+    A layer whose ``normalize`` stage a half norm already owns (``mean_only`` /
+    ``variance_only``, which run first) keeps its batch statistics and that half: 001's
+    "WN + mean-only BN" and "WN + variance-only BN". Any other layer stops normalizing.
     """
     weight_norm(conv, name="weight", dim=0)
     magnitude: Any = conv.parametrizations.weight.original0  # type: ignore[union-attr]
     with torch.no_grad():
         magnitude.fill_(1.0)
     magnitude.requires_grad_(False)
+    if "normalize" in norm.owners:
+        return
     norm.claim("statistics", plugin)
     norm.statistics = weight_norm_statistics
     norm.center = False
     norm.scale = False
 
 
-class _InitStatistics:
-    """One-pass data-dependent init: the layer's input statistics set s, b so its output is
-    what BN (with the layer's current γ₀, β₀) would give on this batch, then the affine runs
-    with them (so later layers see initialized earlier ones in the same pass)."""
+class _InitAffine:
+    """One-pass data-dependent init, as the layer's affine stage: the statistics of its input
+    x̂ (the normalized input: the raw one under plain weight norm) set the parameters so the
+    output is what BN would give on this batch with the affine (a₀, b₀) the layer had, then the
+    affine runs with them (so later layers see initialized earlier ones in the same pass)."""
 
-    def __init__(self, previous: Any) -> None:
-        self.previous = previous
+    def __init__(self, affine: Affine) -> None:
+        self.affine = affine
 
-    def __call__(self, layer: NormLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer.weight is not None and layer.bias is not None:
-            dims = [d for d in range(x.dim()) if d != 1]
-            mean = x.mean(dim=dims)
-            std = torch.sqrt(x.var(dim=dims, unbiased=False) + layer.eps)
-            scale = layer.weight / std
-            layer.bias.sub_(scale * mean)
-            layer.weight.copy_(scale)
-        return self.previous(layer, x)
+    def __call__(self, layer: NormLayer, xhat: torch.Tensor) -> torch.Tensor:
+        before = self.affine.coefficients(layer)
+        if before is None or layer.weight is None:
+            return xhat
+        _, shift = (t.detach().clone() for t in before)
+        dims = [d for d in range(xhat.dim()) if d != 1]
+        mean = xhat.mean(dim=dims)
+        std = torch.sqrt(xhat.var(dim=dims, unbiased=False) + layer.eps)
+        layer.weight.div_(std)  # a is linear in γ in every formulation: a ← a₀/σ
+        scale, _ = self.affine.coefficients(layer)  # type: ignore[misc]
+        self.affine.set_shift(layer, shift - scale * mean)  # b ← b₀ − a·μ
+        a, b = self.affine.coefficients(layer)  # type: ignore[misc]
+        return xhat * channel_view(a, xhat) + channel_view(b, xhat)
 
 
 @torch.no_grad()
 def weight_norm_data_init(model: nn.Module, layers: list[NormLayer], inputs: torch.Tensor) -> None:
-    """000's init: one pass over ``inputs`` setting s ← γ₀/σ, b ← β₀ − s·μ at every layer, with
-    μ, σ² the batch mean / biased variance (+ eps) of the layer's input, layer by layer.
+    """000's init: one pass over ``inputs`` giving every layer, per channel, a ← a₀/σ and
+    b ← b₀ − a·μ in its affine y = a·x̂ + b (standard: s ← γ₀/σ, b ← β₀ − s·μ), with μ, σ² the
+    batch mean / biased variance (+ eps) of the affine's input x̂, layer by layer.
 
     The network then computes on ``inputs`` what the BN network did: with γ₀ = 1, β₀ = 0 every
-    pre-activation output has zero mean and unit variance per channel on that batch.
+    pre-activation output has zero mean and unit variance per channel on that batch. Under
+    plain weight norm x̂ is the layer's raw input; under WN + mean-only BN it is the centered
+    input (μ = 0: only the scale changes), under WN + variance-only BN the scaled one. The pass
+    leaves the running statistics of the layers as they were.
     """
     # Noise stages and a sampled scale (noise, bayesian_scale) would blur the statistics the
-    # init matches: the pass runs with the plain affine (S = s) and no perturbation.
-    from normstudy.models._norm import standard_affine
-
-    previous = [(layer.statistics, layer.perturb, layer.affine_stage) for layer in layers]
+    # init matches: the pass runs with no perturbation, and the affine at its coefficients
+    # (S = s for a stochastic scale).
+    previous = [(layer.perturb, layer.affine_stage) for layer in layers]
+    buffers = [
+        {name: b.clone() for name, b in layer.named_buffers(recurse=False)} for layer in layers
+    ]
     for layer in layers:
-        layer.statistics = _InitStatistics(layer.statistics)
-        layer.perturb, layer.affine_stage = [], standard_affine
+        affine = layer.affine_stage
+        if not isinstance(affine, Affine):
+            raise TypeError(f"weight_norm: unknown affine stage {type(affine).__name__}")
+        layer.perturb, layer.affine_stage = [], _InitAffine(affine)
     was_training = model.training
     try:
         model.train()
         model(inputs)
     finally:
         model.train(was_training)
-        for layer, (stats, perturb, affine) in zip(layers, previous, strict=True):
-            layer.statistics, layer.perturb, layer.affine_stage = stats, perturb, affine
+        for layer, (perturb, affine), saved in zip(layers, previous, buffers, strict=True):
+            layer.perturb, layer.affine_stage = perturb, affine
+            for name, value in saved.items():
+                layer.get_buffer(name).copy_(value)
 
 
 __all__ = [

@@ -6,7 +6,11 @@ variance σ_i², and keeps only the layer's term
 
     ½ Σ_i (μ_i² + σ_i² − log(σ_i² + ε) − 1)        (KL(N(μ, σ²) ‖ N(0, 1)) summed over channels)
 
-ε keeps a dead channel (σ² = 0, e.g. behind Fixup's zero-initialized last conv) finite.
+ε (``plugins.standardization.eps``, default 1e-5) keeps a dead channel (σ² = 0, e.g. behind
+Fixup's zero-initialized last conv) finite: its term is the constant ½(μ² − log ε − 1), and its
+gradient reaches the input only through μ (zero at μ = 0: the square of the centered input,
+all zeros, has zero derivative), so a dead channel neither blows up the loss nor is pushed by
+it until the task loss moves it; from there the slope of −½·log(σ² + ε) is at most ½/ε.
 
 Autograd safety: the layer's input is often modified in place later (a ``RemovedNorm`` returns
 it unchanged to an in-place ReLU or ``x += shortcut``). The term is computed so that autograd

@@ -3,12 +3,13 @@
 Each stage is a small picklable callable ``(layer, x̂) -> tensor`` set on a ``NormLayer``
 (``perturb`` list or ``affine_stage``); the plugins in ``normstudy.plugins._noise`` and
 ``_bayesian`` configure them. Random draws use torch's global RNG (seeded by the trial and
-saved in its checkpoints); state that must survive a resume (the per-step noise of
-``noisy_bn``, the scale parameter u of ``bayesian_scale``) lives in the layer's state dict.
+saved in its checkpoints); state that must survive a resume (the per-channel noise of
+``noisy_bn``'s ``channel`` granularity, the scale parameter u of ``bayesian_scale``) lives in
+the layer's state dict.
 
 Shapes: ``xhat`` is (N, C, *spatial); "per sample and channel" noises are (N, C, 1, ...), drawn
 once and shared by every spatial position (000: the noises are spatially correlated, like the
-batch statistics they stand for).
+batch statistics they stand for); 003's noisy BN draws one value per activation, (N, C, *spatial).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normstudy.models._norm import NormLayer, channel_view
+from normstudy.models._norm import Affine, NormLayer, channel_view
 
 NOISY_BN_SHIFT = "noisy_bn_shift"
 NOISY_BN_SCALE = "noisy_bn_scale"
@@ -77,9 +78,28 @@ class BNLikeNoise:
         return (xhat + v) * u
 
 
+class NoisyBNActivation:
+    """``noisy_bn`` (003), the default: x̂ → (x̂ + a)·m with a ~ N(shift_mean, shift_std²) and
+    m ~ exp(N(0, scale_std²)) (``lognormal``) or N(1, scale_std²) (``normal``) drawn i.i.d. for
+    every activation (sample, channel, position) at every forward, in training mode only."""
+
+    def __init__(self, shift_mean: float, shift_std: float, scale: str, scale_std: float) -> None:
+        self.shift_mean, self.shift_std = shift_mean, shift_std
+        self.scale, self.scale_std = scale, scale_std
+
+    def __call__(self, layer: NormLayer, xhat: torch.Tensor) -> torch.Tensor:
+        if not layer.training:
+            return xhat
+        a = torch.randn_like(xhat) * self.shift_std + self.shift_mean
+        m = torch.randn_like(xhat) * self.scale_std
+        m = m.exp() if self.scale == "lognormal" else m + 1.0
+        return (xhat + a) * m
+
+
 def noisy_bn_stage(layer: NormLayer, xhat: torch.Tensor) -> torch.Tensor:
-    """``noisy_bn`` (003): x̂ → (x̂ + a)·m, with this step's per-channel a, m (one draw for the
-    whole batch; the plugin redraws them), in training mode only."""
+    """``noisy_bn`` with ``granularity: channel``: x̂ → (x̂ + a)·m, with this step's
+    per-channel a, m (one draw for the whole batch; the plugin redraws them), in training mode
+    only."""
     if not layer.training:
         return xhat
     shift: torch.Tensor = getattr(layer, NOISY_BN_SHIFT)
@@ -116,12 +136,15 @@ def u_for_sigma(sigma: float) -> float:
     return math.log(sigma) if sigma < 1.0 else sigma - 1.0
 
 
-class BayesianScale:
+class BayesianScale(Affine):
     """``bayesian_scale`` (000, Sect. 4): y = x̂·S + b, S = s + σ·ε with ε ~ N(0, 1) per sample
     and channel (reparametrized, so gradients reach s and u); s is the layer's γ, b its β.
 
-    S = s in eval mode, unless ``sample_in_eval`` is set (Monte Carlo evaluation).
+    S = s in eval mode, unless ``sample_in_eval`` is set (Monte Carlo evaluation). Its
+    ``coefficients`` are those of the mean scale: (s, b).
     """
+
+    name = "bayesian"
 
     def __init__(self) -> None:
         self.sample_in_eval = False

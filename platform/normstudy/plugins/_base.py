@@ -41,6 +41,19 @@ class ParamGroup:
     weight_decay: float = 0.0
 
 
+def move_params(groups: list[ParamGroup], ids: set[int], into: ParamGroup) -> list[ParamGroup]:
+    """Move the parameters with these ids from every group into ``into`` (appended last);
+    groups left empty are dropped."""
+    for group in groups:
+        kept = [(p, n) for p, n in zip(group.params, group.names, strict=True) if id(p) not in ids]
+        for param, name in zip(group.params, group.names, strict=True):
+            if id(param) in ids:
+                into.params.append(param)
+                into.names.append(name)
+        group.params, group.names = [p for p, _ in kept], [n for _, n in kept]
+    return [g for g in [*groups, into] if g.params]
+
+
 @dataclasses.dataclass
 class PluginContext:
     """What a plugin may know about the trial it is part of.
@@ -66,7 +79,8 @@ class StepOutputs:
     inputs: torch.Tensor
     targets: torch.Tensor
     embedding: torch.Tensor
-    """Pooled features before the classifier (timm ``forward_head(pre_logits=True)``)."""
+    """Pooled features before the classifier (timm ``forward_head(pre_logits=True)``), before
+    any dropout (timm's ``drop_rate`` and ``final_dropout`` act inside the classifier)."""
     logits: torch.Tensor
     model: nn.Module
 
@@ -91,6 +105,9 @@ class Plugin:
     """Plugins that cannot be enabled with this one -> why (checked both ways at validation)."""
     partners: ClassVar[dict[str, dict[str, Any]]] = {}
     """Typical companions (plugin -> options) with which the registry tests run this plugin."""
+    variants: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    """Further set-ups the registry tests run, by name: each a full ``plugins`` mapping (this
+    plugin included) covering an option value or a combination the defaults do not reach."""
 
     def __init__(self, options: PluginOptions, ctx: PluginContext) -> None:
         self.options = options
@@ -204,10 +221,10 @@ def validate_plugin_options(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             parsed = cls.Options.model_validate(options)
         except ValidationError as err:
             first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
+            where = "".join(f".{p}" for p in first["loc"])  # empty for a whole-model check
             allowed = ", ".join(cls.Options.model_fields) or "none"
             raise ValueError(
-                f"plugins.{name}.{where}: {first['msg']} (options of {name}: {allowed})"
+                f"plugins.{name}{where}: {first['msg']} (options of {name}: {allowed})"
             ) from None
         out[str(name)] = parsed.model_dump(mode="json")
     return out

@@ -9,8 +9,9 @@ Order (ascending ``Plugin.order``): the structural changes ``remove_norm`` (30),
 ``final_dropout`` (45) run before ``input_norm`` (50); ``standardization`` (90) comes after
 every structural change, so it observes the final set of normalized positions.
 
-Emb(x) is what the trial passes to loss terms: timm's ``forward_head(pre_logits=True)``, after
-timm's ``model.drop_rate`` dropout but before ``final_dropout``'s (which sits in the classifier).
+Emb(x) is what the trial passes to loss terms: timm's ``forward_head(pre_logits=True)``, before
+any dropout: ``build_model`` moves timm's ``model.drop_rate`` dropout into the classifier, where
+``final_dropout``'s sits too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 # it still divides the lr of an embedding_bn or input_norm BN).
 _BN_PLUGINS = (
     "gamma_init",
+    "affine_form",
     "gamma_decay",
     "population_norm",
     "mean_only",
@@ -110,7 +112,7 @@ class FunctionalL2(Plugin):
 
 @register_plugin
 class Standardization(Plugin):
-    """Standardization loss λ·Σ_layers ½Σ_i(μ_i²+σ_i²−log σ_i²−1) at every norm position (002)."""
+    """Standardization loss λ·Σ_layers ½Σ_i(μ_i²+σ_i²−log(σ_i²+ε)−1) at each norm position (002)."""
 
     name = "standardization"
     order = 90
@@ -119,7 +121,11 @@ class Standardization(Plugin):
         coefficient: Annotated[float, Field(ge=0.0)] = 1e-6
         """λ. 002 searches 1e-7 … 1e-5 on a log scale (larger diverged at high lr)."""
         eps: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-5
-        """ε in log(σ² + ε): keeps channels with zero variance finite (BN's default ε)."""
+        """ε in log(σ_i² + ε) (default BN's 1e-5). A channel with σ² = 0 (constant, e.g. behind
+        Fixup's zero-initialized last convs at the start) adds the finite ½(μ² − log ε − 1)
+        (≈ 5.26 at μ = 0, ε = 1e-5) and gets gradient only through its mean: none at μ = 0.
+        Once it varies, the log pulls its variance up with a slope of up to ½/ε: a smaller ε
+        is a stiffer loss near dead channels."""
 
     options: Options
 

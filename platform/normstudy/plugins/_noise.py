@@ -10,9 +10,9 @@ final ones.
 from __future__ import annotations
 
 import fnmatch
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from normstudy.plugins._base import Plugin, PluginOptions, register_plugin
 
@@ -115,12 +115,23 @@ class Noise(Plugin):
 
 @register_plugin
 class NoisyBN(Plugin):
-    """Time-varying noise after BN: (x̂ + a)·m, a, m per step and channel, train mode (003)."""
+    """Noise after BN: (x̂ + a)·m, a and m i.i.d. per activation, drawn anew each step (003).
+
+    ``granularity: channel`` is a weaker variant: one a, m per channel for the whole batch,
+    redrawn every ``every`` steps.
+    """
 
     name = "noisy_bn"
     order = NOISE_ORDER
+    variants: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "channel": {"noisy_bn": {"granularity": "channel", "every": 2, "scale": "normal"}},
+    }
 
     class Options(PluginOptions):
+        granularity: Literal["activation", "channel"] = "activation"
+        """activation (003): a, m drawn i.i.d. for each activation (sample, channel and
+        position) at every training forward; channel: one a, m per channel shared by the
+        batch and every position, drawn every ``every`` steps."""
         shift_mean: float = 0.0
         """Mean of the additive noise a ~ N(shift_mean, shift_std²)."""
         shift_std: Annotated[float, Field(ge=0.0)] = 0.5
@@ -131,7 +142,18 @@ class NoisyBN(Plugin):
         scale_std: Annotated[float, Field(ge=0.0)] = 0.25
         """Standard deviation of m's normal (in log space for lognormal)."""
         every: Annotated[int, Field(ge=1)] = 1
-        """Draw new a, m every this many optimizer steps (1: every step)."""
+        """granularity channel: draw new a, m every this many optimizer steps (1: every step).
+        Per-activation noise is drawn anew at every forward (must be 1)."""
+
+        @field_validator("every")
+        @classmethod
+        def _every_for_channel(cls, every: int, info: ValidationInfo) -> int:
+            if info.data.get("granularity") == "activation" and every != 1:
+                raise ValueError(
+                    "applies to granularity 'channel' only (per-activation noise is drawn anew "
+                    "at every forward): leave it at 1"
+                )
+            return every
 
     options: Options
 
@@ -140,20 +162,30 @@ class NoisyBN(Plugin):
         reject_normalizer_free(cls.name, spec)
 
     def patch_model(self, model: nn.Module) -> nn.Module:
-        from normstudy.models._stochastic_layers import add_noisy_bn_buffers, noisy_bn_stage
+        from normstudy.models._stochastic_layers import (
+            NoisyBNActivation,
+            add_noisy_bn_buffers,
+            noisy_bn_stage,
+        )
 
+        o = self.options
         for _, layer in norm_layers_of(model, self.name):
-            add_noisy_bn_buffers(layer)
-            layer.perturb.append(noisy_bn_stage)
+            if o.granularity == "activation":
+                stage = NoisyBNActivation(o.shift_mean, o.shift_std, o.scale, o.scale_std)
+                layer.perturb.append(stage)
+            else:
+                add_noisy_bn_buffers(layer)
+                layer.perturb.append(noisy_bn_stage)
         self._draw(model)
         return model
 
     def after_step(self, model: nn.Module) -> None:
-        if self.ctx.step % self.options.every == 0:
+        if self.options.granularity == "channel" and self.ctx.step % self.options.every == 0:
             self._draw(model)
 
     def _draw(self, model: nn.Module) -> None:
-        """New a, m for every layer (global RNG: restored with the trial's checkpoints)."""
+        """New per-channel a, m for every layer (global RNG: restored with the trial's
+        checkpoints); nothing to do for per-activation noise."""
         import torch
 
         from normstudy.models._norm import NormLayer

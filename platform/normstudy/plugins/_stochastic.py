@@ -23,6 +23,7 @@ from normstudy.plugins._base import (
     Plugin,
     PluginContext,
     PluginOptions,
+    move_params,
     register_plugin,
 )
 
@@ -33,26 +34,15 @@ if TYPE_CHECKING:
     from normstudy.spec._model import StudySpec
 
 # Conflicts of the two deterministic normalizations (names of other plugins of the platform).
+# weight_norm composes with mean_only / variance_only (001's WN + mean-only / variance-only BN:
+# those layers keep batch statistics for their half); analytic_norm replaces the statistics.
 _REPLACES_STATISTICS = {
     "population_norm": "both replace the batch statistics of every normalization layer",
-    "mean_only": "it keeps BN's batch statistics, which this plugin replaces",
-    "variance_only": "it keeps BN's batch statistics, which this plugin replaces",
     "remove_norm": "it removes the normalization layers this plugin re-purposes",
     "norm_batch": "there are no batch statistics left whose batch size it could set",
 }
+_KEEPS_BATCH_STATISTICS = "it keeps BN's batch statistics, which this plugin replaces"
 _ANALYTIC_MODELS = re.compile(r"^(test_resnet|resnet\d+[cdst]?|wide_resnet\d+_2)$")
-
-
-def _move(groups: list[ParamGroup], ids: set[int], into: ParamGroup) -> list[ParamGroup]:
-    """Move the parameters with these ids from every group into ``into`` (appended last)."""
-    for group in groups:
-        keep = [(p, n) for p, n in zip(group.params, group.names, strict=True) if id(p) not in ids]
-        for param, name in zip(group.params, group.names, strict=True):
-            if id(param) in ids:
-                into.params.append(param)
-                into.names.append(name)
-        group.params, group.names = [p for p, _ in keep], [n for _, n in keep]
-    return [g for g in [*groups, into] if g.params]
 
 
 def _in_chans(model: nn.Module) -> int:
@@ -173,7 +163,7 @@ class Projection(Plugin):
     def param_groups(self, groups: list[ParamGroup], model: nn.Module) -> list[ParamGroup]:
         # Weight decay on scale-invariant weights is ill-posed (000, Sect. 2): none here.
         ids = {id(p) for p in self.projected(model)}
-        return _move(groups, ids, ParamGroup("projected", [], [], weight_decay=0.0))
+        return move_params(groups, ids, ParamGroup("projected", [], [], weight_decay=0.0))
 
     def after_step(self, model: nn.Module) -> None:
         from normstudy.models._reparam import project_rows_
@@ -184,7 +174,13 @@ class Projection(Plugin):
 
 @register_plugin
 class WeightNorm(Plugin):
-    """Replace BN by weight norm w/‖w‖ with a per-channel affine (s, b), data-initialized (000)."""
+    """Replace BN by weight norm w/‖w‖ with a per-channel affine (s, b), data-initialized (000).
+
+    With ``mean_only`` or ``variance_only`` (001's "WN + mean-only BN" / "WN + variance-only
+    BN") the layers keep that half of BN's standardization with batch statistics (running
+    averages in eval mode) after the weight-normalized conv: y = s·(Wx − μ_B) + b, or
+    y = s·Wx/√(σ_B² + eps) + b, W = v/‖v‖ per row.
+    """
 
     name = "weight_norm"
     order = 170
@@ -192,8 +188,13 @@ class WeightNorm(Plugin):
         **_REPLACES_STATISTICS,
         "analytic_norm": "both replace BN; enable one",
     }
-    # 000: projection, and fan-in inits (PyTorch defaults there) applied before the parametrization.
+    # 000: projection, and fan-in inits (PyTorch defaults there) applied before the parametrization
+    # (without them, weight norm on timm's own init diverges within steps on efficientnet_b0).
     partners: ClassVar[dict[str, dict[str, Any]]] = {"projection": {}, "fan_in_init": {}}
+    variants: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        half: {"weight_norm": {}, half: {}, "projection": {}, "fan_in_init": {}}
+        for half in ("mean_only", "variance_only")
+    }
 
     class Options(PluginOptions):
         direction_weight_decay: bool = False
@@ -217,24 +218,21 @@ class WeightNorm(Plugin):
             weight_normalize(model.get_submodule(layer_name), layers[norm_name], self.name)
         names = {id(p): n for n, p in model.named_parameters()}
         self.directions = [names[id(row_direction(model.get_submodule(n)))] for n, _ in pairs]
+        self.norms = [norm_name for _, norm_name in pairs]
         return model
 
     def data_init(self, model: nn.Module, inputs: torch.Tensor) -> None:
         from normstudy.models._norm import NormLayer
-        from normstudy.models._reparam import weight_norm_data_init, weight_norm_statistics
+        from normstudy.models._reparam import weight_norm_data_init
 
-        layers = [
-            m
-            for m in model.modules()
-            if isinstance(m, NormLayer) and m.statistics is weight_norm_statistics
-        ]
+        layers = [m for n in self.norms if isinstance(m := model.get_submodule(n), NormLayer)]
         weight_norm_data_init(model, layers, inputs)
 
     def param_groups(self, groups: list[ParamGroup], model: nn.Module) -> list[ParamGroup]:
         # The magnitudes g (4-D, frozen at 1) are in no group; the scale s is BN's γ.
         decay = self.ctx.config.train.weight_decay if self.options.direction_weight_decay else 0.0
         ids = {id(model.get_parameter(name)) for name in self.directions}
-        return _move(groups, ids, ParamGroup("wn_direction", [], [], weight_decay=decay))
+        return move_params(groups, ids, ParamGroup("wn_direction", [], [], weight_decay=decay))
 
 
 @register_plugin
@@ -245,6 +243,8 @@ class AnalyticNorm(Plugin):
     order = 170
     conflicts: ClassVar[dict[str, str]] = {
         **_REPLACES_STATISTICS,
+        "mean_only": _KEEPS_BATCH_STATISTICS,
+        "variance_only": _KEEPS_BATCH_STATISTICS,
         "weight_norm": "both replace BN; enable one",
     }
     partners: ClassVar[dict[str, dict[str, Any]]] = {"projection": {}}

@@ -106,7 +106,8 @@ class ModelSpec(Strict):
     cifar_stem: bool = False
     """Replace the stem with a 3x3 stride-1 conv and no max-pool (small images)."""
     drop_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    """timm's dropout before the classifier."""
+    """timm's dropout before the classifier, applied inside it: Emb(x), what embedding
+    penalties and diagnostics see, is taken before it."""
     kwargs: Annotated[dict[str, JsonLike], Field(max_length=100)] = Field(default_factory=dict)
     """Further keyword arguments for ``timm.create_model``."""
 

@@ -17,7 +17,8 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def forward_parts(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embedding (timm pre-logits, after timm's head dropout) and logits, in one pass."""
+    """Embedding (timm pre-logits, before any dropout: ``build_model`` and ``final_dropout``
+    put the head dropout inside the classifier) and logits, in one pass."""
     timm_model: Any = model  # timm's forward_features / forward_head / get_classifier
     embedding = timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
     return embedding, timm_model.get_classifier()(embedding)
