@@ -354,8 +354,7 @@ def _live_view(spec: StudySpec, console: Console, total: int) -> Any:
 def _callbacks(spec: StudySpec, paths: StudyPaths, tracker: Any, live: Any) -> list[Any]:
     from normstudy import __version__
     from normstudy.results import ResultsSink
-    from normstudy.search._callbacks import StudyCallback
-    from normstudy.search._optuna_store import OptunaSync
+    from normstudy.search._callbacks import OptunaSync, StudyCallback
 
     score_keys = [f"best/{m}" for m in spec.search.metrics]
     return [
