@@ -10,11 +10,12 @@ import statistics
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from normstudy.results import TrialScore
 
 Mode = Literal["max", "min"]
+K = TypeVar("K", bound=Hashable)
 
 
 def is_seed_key(key: str) -> bool:
@@ -111,22 +112,44 @@ def find_baseline(groups: Sequence[ConfigGroup], baseline: Mapping[str, Any]) ->
     return matches[0]
 
 
-def paired_pvalue(
-    a: Mapping[Hashable, float], b: Mapping[Hashable, float], mode: Mode
-) -> float | None:
+MIN_PAIRS = 3
+"""Fewest shared seeds a paired t-test is run on: with 2 pairs its one degree of freedom makes
+any p meaningless (a single lucky seed decides it)."""
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A one-sided paired t-test over shared seeds, or why none was run.
+
+    Attributes:
+        p: The p-value; None when not tested (then ``reason`` says why).
+        n: Shared seeds (pairs).
+        reason: Why no test was run (``n=2 < 3``), else None.
+    """
+
+    p: float | None
+    n: int
+    reason: str | None = None
+
+
+def paired_test(a: Mapping[Hashable, float], b: Mapping[Hashable, float], mode: Mode) -> PairedTest:
     """One-sided paired t-test that ``a`` beats ``b`` (greater for max, less for min).
 
     Args:
         a: Values keyed by seed (see `ConfigGroup.samples`).
-        b: The baseline's values keyed by seed.
+        b: The reference's values keyed by seed.
         mode: Whether larger ("max") or smaller ("min") values are better.
 
     Returns:
-        The p-value over the seeds both have, or None with fewer than two shared seeds.
+        The test over the seeds both have; refused (p None, with the reason) below `MIN_PAIRS`.
+
+    Example:
+        >>> paired_test({1: 0.9, 2: 0.8}, {1: 0.7, 2: 0.6}, "max").reason
+        'n=2 < 3'
     """
     seeds = sorted(k for k in a.keys() & b.keys() if isinstance(k, int))
-    if len(seeds) < 2:
-        return None
+    if len(seeds) < MIN_PAIRS:
+        return PairedTest(None, len(seeds), f"n={len(seeds)} < {MIN_PAIRS}")
     from scipy import stats
 
     with warnings.catch_warnings():
@@ -137,4 +160,32 @@ def paired_pvalue(
             [b[s] for s in seeds],
             alternative="greater" if mode == "max" else "less",
         )
-    return float(result.pvalue)
+    return PairedTest(float(result.pvalue), len(seeds))
+
+
+def paired_pvalue(
+    a: Mapping[Hashable, float], b: Mapping[Hashable, float], mode: Mode
+) -> float | None:
+    """The p-value of `paired_test`, or None when it was refused (fewer than 3 pairs)."""
+    return paired_test(a, b, mode).p
+
+
+def holm(pvalues: Mapping[K, float]) -> dict[K, float]:
+    """Holm's step-down adjusted p-values of one family of tests.
+
+    The i-th smallest of m p-values is multiplied by (m − i + 1), then made monotone (never
+    below the adjusted value before it) and capped at 1; rejecting where the adjusted p < α
+    controls the family-wise error rate at α. NaN p-values (undefined tests) stay NaN and do
+    not count in m.
+
+    Example:
+        >>> holm({"a": 0.01, "b": 0.04, "c": 0.03})
+        {'a': 0.03, 'b': 0.06, 'c': 0.06}
+    """
+    ranked = sorted(((p, k) for k, p in pvalues.items() if not math.isnan(p)), key=lambda t: t[0])
+    m, running = len(ranked), 0.0
+    adjusted: dict[K, float] = {k: math.nan for k, p in pvalues.items() if math.isnan(p)}
+    for i, (p, k) in enumerate(ranked):
+        running = max(running, min(1.0, (m - i) * p))
+        adjusted[k] = running
+    return {k: adjusted[k] for k in pvalues}
