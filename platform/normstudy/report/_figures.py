@@ -76,6 +76,9 @@ class FigureInput:
             from normstudy.search._optuna_store import pull, storage_url
 
             pull(spec, paths)
+            if not spec.search.storage and not paths.optuna_local.exists():
+                # Opening a missing sqlite file would create an empty one in the study folder.
+                raise FileNotFoundError(f"no Optuna storage at {paths.optuna_db}")
             return optuna.load_study(study_name=spec.name, storage=storage_url(spec, paths))
 
         objectives = list(zip(spec.search.metrics, spec.search.modes, strict=True))
