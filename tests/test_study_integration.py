@@ -86,6 +86,10 @@ def test_study_end_to_end(tmp_path: Path, quickstart: Path, mlflow_server: str) 
         "run", str(quickstart), "--home", str(home), "--tracking-uri", mlflow_server, *FAST
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The output ends with where its quick figures are.
+    figures = home / "quickstart" / "reports" / "figures"
+    assert proc.stdout.strip().splitlines()[-1] == f"figures: {figures}"
+    assert sorted(p.name for p in figures.iterdir()) == ["curves.png", "params.png"]
 
     rows = _rows(home, "quickstart")
     trials = {r["trial_id"] for r in rows}

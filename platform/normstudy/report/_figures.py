@@ -206,6 +206,9 @@ def _optuna(data: FigureInput) -> Iterator[Drawn]:
         return
     try:
         study = data.optuna()
+    except FileNotFoundError as e:
+        yield "optuna", "Optuna plots", str(e.args[0] if e.args else e)
+        return
     except Exception as e:  # no such study, an unreachable or damaged storage: the report goes on
         yield "optuna", "Optuna plots", f"cannot open the Optuna storage: {type(e).__name__}: {e}"
         return

@@ -1,0 +1,94 @@
+"""`normstudy report --figures`, `normstudy plot`, and the figures at the end of `run` (on a study
+folder made without Ray: its description and Parquet results)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from normstudy.home import StudyPaths
+from normstudy.results import ResultsSink, make_row
+from normstudy.spec import load_spec
+from normstudy.storage import as_location
+
+SEEDS = [1, 2, 3]
+
+
+@pytest.fixture
+def home(tmp_path: Path, quickstart: Path) -> Path:
+    spec = load_spec(quickstart)
+    paths = StudyPaths(as_location(tmp_path / "home"), spec.name)
+    paths.results.mkdir()
+    paths.spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    sink = ResultsSink(paths.results)
+    for k, gamma in enumerate([1.0, 0.1]):
+        for seed in SEEDS:
+            config = {
+                "train": {"lr": 0.05, "seed": seed},
+                "plugins": {"gamma_init": {"value": gamma}, "lr_divisor": {"gamma": 10.0}},
+            }
+            rows = [
+                make_row(
+                    study=spec.name, trial_id=f"t{k}{seed}", seed=seed, epoch=e, config=config,
+                    metrics={"val/acc": 0.5 + 0.1 * e + 0.01 * k, "train/loss": 1.0 / e},
+                )
+                for e in (1, 2)
+            ]  # fmt: skip
+            rows[-1]["test/acc"] = 0.6
+            sink.update(f"t{k}{seed}", rows, "completed")
+    return tmp_path / "home"
+
+
+def _normstudy(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "normstudy", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_report_writes_tables_figures_and_the_page(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    proc = _normstudy(
+        "report", "quickstart", "--home", str(home), "--out", str(out), "--figures",
+        "--format", "latex", "--format", "html",
+        "--baseline", "plugins.gamma_init.value=1.0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == ["curves.pdf", "curves.png", "params.pdf", "params.png"]
+    assert "figure skipped: optuna: no Optuna storage" in " ".join(proc.stderr.split())
+    assert {"configs.tex", "trials.tex", "index.html"} <= {p.name for p in out.iterdir()}
+    tex = (out / "configs.tex").read_text()
+    assert r"\label{tab:quickstart-configs}" in tex and "test\\_resnet" in tex
+    assert "data:image/png;base64," in (out / "index.html").read_text()
+    bad = _normstudy("report", "quickstart", "--home", str(home), "--decimals", "9")
+    assert bad.returncode == 2 and "decimals must be within" in bad.stderr
+
+
+def test_plot_draws_the_kinds_asked_for(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    proc = _normstudy(
+        "plot", "quickstart", "--home", str(home), "--out", str(out), "--kind", "curves",
+        "--format", "png",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in out.iterdir()] == ["curves.png"]
+    assert proc.stdout.strip() == f"wrote {out / 'curves.png'}"
+
+
+def test_run_ends_with_the_path_of_its_figures(
+    home: Path, quickstart: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from normstudy.cli import _run_figures
+
+    spec = load_spec(quickstart)
+    paths = StudyPaths(as_location(home), spec.name)
+    _run_figures(spec, paths, f" --home {home}")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"figures: {paths.figures}"
+    assert "normstudy report quickstart --home" in lines[-2] and "--figures" in lines[-2]
+    # The quick set: PNG only, learning curves of the objective and the losses.
+    assert sorted(f.name for f in paths.figures.files()) == ["curves.png", "params.png"]
