@@ -47,12 +47,20 @@ def epoch_metrics(table: pa.Table, first: Sequence[str] = ()) -> list[str]:
     return [m for m in first if m in names] + sorted(n for n in names if n not in first)
 
 
-def _grid(count: int, width: float = 4.2, height: float = 3.1) -> tuple[Figure, list[Axes]]:
+def _grid(count: int, legend_rows: int = 0, right: float = 0.3) -> tuple[Figure, list[Axes]]:
+    """Up to three panels a row, on fixed margins (in inches): constrained layout would measure
+    every tick label and double the cost of a figure; ``legend_rows`` leaves room below."""
     from matplotlib.figure import Figure
 
     cols = min(3, max(count, 1))
-    rows = math.ceil(count / cols)
-    figure = Figure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
+    rows = math.ceil(count / cols) if count else 1
+    width, height = 4.4 * cols + right, 3.2 * rows + 0.8 + 0.22 * legend_rows
+    figure = Figure(figsize=(width, height))
+    bottom = 0.6 + (0.22 * legend_rows + 0.25 if legend_rows else 0.0)
+    figure.subplots_adjust(
+        left=0.75 / width, right=1 - right / width, top=1 - 0.85 / height, bottom=bottom / height,
+        wspace=0.45, hspace=0.5,
+    )  # fmt: skip
     axes = figure.subplots(rows, cols, squeeze=False).ravel().tolist()
     for extra in axes[count:]:
         extra.set_visible(False)
@@ -86,7 +94,7 @@ def learning_curves(
     keys = varying_keys(g.config for g in groups)
     names = short_labels(keys)
     columns = table.select(["trial_id", "epoch", *metrics]).to_pydict()
-    figure, axes = _grid(len(metrics))
+    figure, axes = _grid(len(metrics), legend_rows=math.ceil(len(groups) / 2))
     for group in groups:
         trials = {t.trial_id for t in group.trials}
         rows = [i for i, t in enumerate(columns["trial_id"]) if t in trials]
@@ -106,7 +114,7 @@ def learning_curves(
         ax.grid(alpha=0.3)
     if axes and groups:
         handles, texts = axes[0].get_legend_handles_labels()
-        figure.legend(handles, texts, loc="outside lower center", ncols=2, fontsize="small")
+        figure.legend(handles, texts, loc="lower center", ncols=2, fontsize="small", frameon=False)
     figure.suptitle(f"learning curves: mean ± std over seeds, best {len(groups)} by {metric}")
     return figure
 
@@ -153,7 +161,7 @@ def score_vs_params(
     scores = [s for s in trial_scores(table, metric, mode) if s.score is not None]
     keys = list(space)[:MAX_PANELS]
     names = short_labels(space)
-    figure, axes = _grid(len(keys))
+    figure, axes = _grid(len(keys), right=0.9)
     for k, (ax, key) in enumerate(zip(axes, keys, strict=True)):
         colour = keys[(k + 1) % len(keys)] if len(keys) > 1 else None
         shown = [s for s in scores if s.config.get(key) is not None]
