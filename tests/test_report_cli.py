@@ -92,3 +92,19 @@ def test_run_ends_with_the_path_of_its_figures(
     assert "normstudy report quickstart --home" in lines[-2] and "--figures" in lines[-2]
     # The quick set: PNG only, learning curves of the objective and the losses.
     assert sorted(f.name for f in paths.figures.files()) == ["curves.png", "params.png"]
+
+
+def test_run_without_scores_draws_nothing_and_says_why(
+    tmp_path: Path, quickstart: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from normstudy.cli import _run_figures
+
+    spec = load_spec(quickstart)
+    paths = StudyPaths(as_location(tmp_path / "home"), spec.name)
+    row = make_row(study=spec.name, trial_id="t1", seed=1, epoch=0, config={}, metrics={})
+    ResultsSink(paths.results).update("t1", [{**row, "error": "ValueError: boom"}], "error")
+    _run_figures(spec, paths, "")
+    captured = capsys.readouterr()
+    assert "figures:" not in captured.out and not paths.figures.exists()
+    assert "curves: no per-epoch metrics" in captured.err
+    assert "params: no trial has a val/acc yet" in captured.err

@@ -145,7 +145,6 @@ def write_figures(
     if unknown:
         raise ValueError(f"unknown figure kind or format {unknown}; kinds: {figure_kinds()}")
     written = WrittenFigures()
-    out.mkdir()
     for kind in kinds:
         for stem, title, figure in _KINDS[kind][0](data):
             if isinstance(figure, str):
@@ -188,6 +187,9 @@ def _params(data: FigureInput) -> Iterator[Drawn]:
     metric, mode = data.objectives[0]
     if not data.space:
         yield "params", "score vs searched keys", "the study searches no key"
+        return
+    if metric not in data.table.column_names or data.table[metric].null_count == len(data.table):
+        yield "params", "score vs searched keys", f"no trial has a {metric} yet"
         return
     title = f"best {metric} per trial vs each searched key"
     yield (
