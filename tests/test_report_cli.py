@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,16 +13,15 @@ import yaml
 
 from normstudy.home import StudyPaths
 from normstudy.results import ResultsSink, make_row
-from normstudy.spec import load_spec
+from normstudy.spec import StudySpec, load_spec
 from normstudy.storage import as_location
+from tests._loopback import S3Store
 
 SEEDS = [1, 2, 3]
 
 
-@pytest.fixture
-def home(tmp_path: Path, quickstart: Path) -> Path:
-    spec = load_spec(quickstart)
-    paths = StudyPaths(as_location(tmp_path / "home"), spec.name)
+def _fill(paths: StudyPaths, spec: StudySpec) -> None:
+    """A study folder as a finished run leaves it: its description and Parquet results."""
     paths.results.mkdir()
     paths.spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     sink = ResultsSink(paths.results)
@@ -40,6 +40,12 @@ def home(tmp_path: Path, quickstart: Path) -> Path:
             ]  # fmt: skip
             rows[-1]["test/acc"] = 0.6
             sink.update(f"t{k}{seed}", rows, "completed")
+
+
+@pytest.fixture
+def home(tmp_path: Path, quickstart: Path) -> Path:
+    spec = load_spec(quickstart)
+    _fill(StudyPaths(as_location(tmp_path / "home"), spec.name), spec)
     return tmp_path / "home"
 
 
@@ -108,3 +114,45 @@ def test_run_without_scores_draws_nothing_and_says_why(
     assert "figures:" not in captured.out and not paths.figures.exists()
     assert "curves: no per-epoch metrics" in captured.err
     assert "params: no trial has a val/acc yet" in captured.err
+
+
+def test_figures_and_tables_go_to_an_s3_home_with_its_optuna_storage(
+    s3_env: S3Store, tmp_path: Path, quickstart: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from normstudy.report import FigureInput, StudyContext, write_figures, write_report
+    from normstudy.results import read_results
+    from normstudy.search._optuna_store import pull, push, storage_url
+
+    spec = load_spec(quickstart)
+    paths = StudyPaths(as_location(f"s3://{s3_env.bucket}/report/{uuid.uuid4().hex}"), spec.name)
+    _fill(paths, spec)
+    monkeypatch.setenv("NORMSTUDY_CACHE", str(tmp_path / "driver"))
+    pull(spec, paths)  # as a driver starts a new study
+    study = optuna.create_study(study_name=spec.name, storage=storage_url(spec, paths))
+    for i in range(4):  # what the driver's searcher recorded, pushed to the bucket
+        trial = study.ask()
+        for key, dist in spec.search.space.items():
+            dist.suggest(trial, key)
+        study.tell(trial, 0.1 * i)
+    push(spec, paths)
+    monkeypatch.setenv("NORMSTUDY_CACHE", str(tmp_path / "laptop"))  # another machine reports
+
+    data = FigureInput.of(spec, paths, read_results(paths.results))
+    drawn = write_figures(data, paths.figures, formats=["png"])
+    assert drawn.skipped == []
+    names = [f.name for f in paths.figures.files()]
+    assert names == [
+        "curves.png", "optuna-contour.png", "optuna-importances.png", "optuna-slice.png",
+        "params.png",
+    ]  # fmt: skip
+    assert all(f.read_bytes().startswith(b"\x89PNG") for f in paths.figures.files())
+    written = write_report(
+        spec.name, read_results(paths.results), "val/acc", "max", paths.reports,
+        ["latex", "html"], context=StudyContext.of(spec), figures=drawn.files,
+    )  # fmt: skip
+    assert [w.uri for w in written] == [
+        (paths.reports / n).uri for n in ("configs.tex", "trials.tex", "index.html")
+    ]
+    assert "optuna-contour" in (paths.reports / "index.html").read_text()
