@@ -309,3 +309,15 @@ def test_html_is_one_standalone_styled_page_with_tables_and_figures(
     assert "cifar10, resnet18, 200 epochs, 6 seeds" in page
     assert not re.search(r"(src|href)=\"https?://", page)  # nothing fetched from elsewhere
     assert '<th colspan="3" class="group">val/acc (%)</th>' in page
+
+
+def test_a_baseline_copied_from_a_table_singles_out_its_configuration(paper: pa.Table) -> None:
+    table = summary_tables(paper, "val/acc", "max", baseline={GAMMA: 1.0, C: 1})["configs"]
+    assert _by_gamma(table)[1.0]["p val/acc"] == "baseline"
+    copied = {GAMMA: 0.150000001}  # equal as the table shows it (0.15), not exactly
+    table = summary_tables(paper, "val/acc", "max", baseline=copied)["configs"]
+    assert _by_gamma(table)[0.15]["p val/acc"] == "baseline"
+    with pytest.raises(
+        ValueError, match=r"matches no configuration.*plugins.gamma_init.value=0.05"
+    ):
+        summary_tables(paper, "val/acc", "max", baseline={GAMMA: 0.3})

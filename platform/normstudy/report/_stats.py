@@ -94,22 +94,45 @@ def group_by_config(scores: Iterable[TrialScore]) -> list[ConfigGroup]:
 def find_baseline(groups: Sequence[ConfigGroup], baseline: Mapping[str, Any]) -> ConfigGroup:
     """The one group whose config has every baseline value (keys with or without ``config.``).
 
+    A float matches exactly or as the tables show it (3 significant digits), so a value copied
+    from a table (``0.805`` for 0.80455…) singles its configuration out.
+
     Raises:
-        ValueError: No group, or more than one, matches.
+        ValueError: No group, or more than one, matches (naming the configurations by the keys
+            that tell them apart).
     """
     wanted = {k.removeprefix("config."): v for k, v in baseline.items()}
-    matches = [
-        g
-        for g in groups
-        if all(_hashable(g.config.get(k)) == _hashable(v) for k, v in wanted.items())
-    ]
+    for same in (_equal, _shown_equal):
+        matches = [g for g in groups if all(same(g.config.get(k), v) for k, v in wanted.items())]
+        if matches:
+            break
     if len(matches) != 1:
         found = "no configuration" if not matches else f"{len(matches)} configurations"
+        keys = varying_keys(g.config for g in groups) or sorted(wanted)
+        from normstudy.report._format import config_value
+
+        listed = (matches or groups)[:10]
+        shown = "; ".join(
+            ", ".join(f"{k}={config_value(g.config.get(k))}" for k in keys) for g in listed
+        )
+        more = "; …" if len(matches or groups) > 10 else ""
         raise ValueError(
             f"baseline {wanted} matches {found}; give the keys that single one out "
-            f"(configurations: {[g.config for g in groups]})"
+            f"(configurations: {shown}{more})"
         )
     return matches[0]
+
+
+def _equal(a: Any, b: Any) -> bool:
+    return _hashable(a) == _hashable(b)
+
+
+def _shown_equal(a: Any, b: Any) -> bool:
+    from normstudy.report._format import config_value
+
+    if isinstance(a, float) and isinstance(b, int | float) and not isinstance(b, bool):
+        return config_value(a) == config_value(float(b))
+    return _equal(a, b)
 
 
 MIN_PAIRS = 3
