@@ -230,10 +230,11 @@ def _normstudy(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _start_driver(quickstart: Path, home: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start_driver(quickstart: Path, home: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    args = ["run", str(quickstart), "--home", str(home), *FAST, *extra]
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "normstudy", "run", str(quickstart), "--home", str(home), *FAST],
+            [sys.executable, "-m", "normstudy", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **DRIVER_ENV},
@@ -268,7 +269,8 @@ def _trials(home: Path) -> dict[str, str]:
 def test_a_second_driver_is_refused_while_the_first_runs(tmp_path: Path, quickstart: Path) -> None:
     home, log = tmp_path / "home", tmp_path / "first.log"
     study = home / "quickstart"
-    first = _start_driver(quickstart, home, log)
+    # Long enough for every refused command below to meet it running.
+    first = _start_driver(quickstart, home, log, "--set", "train.epochs=25")
     try:
         _wait_until(
             lambda: (study / LEASE_FILE).exists() and (study / "study.yaml").exists(), first, log
@@ -310,6 +312,7 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path: Path, quickst
         ],
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "COLUMNS": "160"},
     )
     try:
         time.sleep(8)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,86 +81,185 @@ def _rows(home: Path, study: str) -> list[dict]:
     return read_results(home / study / "results").to_pylist()
 
 
-def test_study_end_to_end(tmp_path: Path, quickstart: Path, mlflow_server: str) -> None:
-    from mlflow import MlflowClient
+# ASHA on the validation loss: at this size every trial's accuracy is at chance, while its loss
+# tells trials apart, so the scheduler stops some. One trial at a time keeps the order (and so
+# which trials ASHA stops) the same in every run.
+ASHA_TRIALS = 6
+ASHA = [
+    *FAST,
+    "--set", f"search.num_samples={ASHA_TRIALS}", "--set", "search.max_concurrent=1",
+    "--set", "search.scheduler.name=asha", "--set", "search.scheduler.grace_period=1",
+    "--set", "search.metric=val/loss", "--set", "search.mode=min",
+]  # fmt: skip
+SCORE = "best/val/loss"
 
-    home = tmp_path / "home"
+
+@dataclass
+class Study:
+    home: Path
+    rows: list[dict[str, Any]]
+    tracking: str
+
+
+@pytest.fixture(scope="module")
+def asha_study(
+    tmp_path_factory: pytest.TempPathFactory, quickstart_path: Path, mlflow_server: str
+) -> Study:
+    home = tmp_path_factory.mktemp("asha") / "home"
     proc = _normstudy(
-        "run", str(quickstart), "--home", str(home), "--tracking-uri", mlflow_server, *FAST
+        "run", str(quickstart_path), "--home", str(home), "--tracking-uri", mlflow_server, *ASHA
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # The output ends with where its quick figures are.
     figures = home / "quickstart" / "reports" / "figures"
     assert proc.stdout.strip().splitlines()[-1] == f"figures: {figures}"
     assert sorted(p.name for p in figures.iterdir()) == ["curves.png", "params.png"]
+    return Study(home, _rows(home, "quickstart"), mlflow_server)
 
-    rows = _rows(home, "quickstart")
-    trials = {r["trial_id"] for r in rows}
-    assert len(trials) == N_TRIALS
+
+def _by_trial(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: r["epoch"]):
+        out.setdefault(row["trial_id"], []).append(row)
+    return out
+
+
+def test_parquet_of_an_asha_study(asha_study: Study) -> None:
+    rows = asha_study.rows
     keys = [(r["trial_id"], r["epoch"]) for r in rows]
     assert len(keys) == len(set(keys)), "duplicate (trial, epoch) rows"
-    assert len(rows) == N_TRIALS * EPOCHS  # FIFO: every trial runs every epoch
-    assert all(r["status"] == "completed" for r in rows)
+    trials = _by_trial(rows)
+    assert len(trials) == ASHA_TRIALS
+    status = {t: r[0]["status"] for t, r in trials.items()}
+    assert set(status.values()) == {"completed", "stopped"}, "ASHA stopped no trial"
+    for trial_id, epochs in trials.items():
+        done = len(epochs) == EPOCHS
+        assert done == (status[trial_id] == "completed")
+        assert [r["epoch"] for r in epochs] == list(range(1, len(epochs) + 1))
     assert all(isinstance(r["config.train.lr"], float) for r in rows)
+    assert all(r["optuna_trial"] is not None and r["mlflow_run_id"] for r in rows)
+    numbers = {t: r[0]["optuna_trial"] for t, r in trials.items()}
+    assert sorted(numbers.values()) == list(range(ASHA_TRIALS))
 
+
+def test_optuna_storage_has_the_states_and_values_of_the_parquet(asha_study: Study) -> None:
+    """What Optuna's own tools (optuna-dashboard, plots) read: PRUNED for ASHA-stopped trials,
+    every epoch's metric as its intermediate value, named objectives, the links."""
     import optuna
 
-    storage = f"sqlite:///{home / 'quickstart' / 'optuna.db'}"
+    storage = f"sqlite:///{asha_study.home / 'quickstart' / 'optuna.db'}"
     study = optuna.load_study(study_name="quickstart", storage=storage)
-    assert len(study.trials) == N_TRIALS
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert study.metric_names == ["val/loss"]
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    trials = _by_trial(asha_study.rows)
+    assert len(study.trials) == len(trials)
+    state_of = {"completed": "COMPLETE", "stopped": "PRUNED"}
+    for ot in study.trials:
+        epochs = trials[ot.user_attrs["normstudy.tune_trial_id"]]
+        assert ot.number == epochs[0]["optuna_trial"]
+        assert ot.user_attrs["normstudy.mlflow_run_id"] == epochs[0]["mlflow_run_id"]
+        assert ot.state.name == state_of[epochs[0]["status"]]
+        assert ot.intermediate_values == pytest.approx({r["epoch"]: r["val/loss"] for r in epochs})
+        last = epochs[-1]
+        # COMPLETE: the best over its epochs; PRUNED: Optuna's rule, the last intermediate value
+        expected = last[SCORE] if ot.state.name == "COMPLETE" else last["val/loss"]
+        assert ot.value == pytest.approx(expected)
 
-    client = MlflowClient(mlflow_server)
+
+def test_mlflow_runs_of_an_asha_study(asha_study: Study) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(asha_study.tracking)
     exp = client.get_experiment_by_name("quickstart")
     assert exp is not None
-    parents = client.search_runs([exp.experiment_id], "tags.`normstudy.role` = 'study'")
-    assert len(parents) == 1
-    parent = parents[0]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp.tags["mlflow.sharedViewState.normstudy"])
+    assert view["orderByKey"] == f"metrics.`{SCORE}`" and view["orderByAsc"] is True
+    assert "params.`searched.lr`" in view["selectedColumns"]
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # served, not a local path
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`normstudy.role` = 'study'")
     children = client.search_runs(
         [exp.experiment_id],
         f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-        order_by=["metrics.`best/val/acc` DESC"],
+        order_by=[f"metrics.`{SCORE}` ASC"],
     )
-    assert len(children) == N_TRIALS
+    trials = _by_trial(asha_study.rows)
+    assert len(children) == len(trials)
     for child in children:
-        assert child.data.params["train.lr"]
-        assert "plugins.gamma_init.value" in child.data.params
-        history = client.get_metric_history(child.info.run_id, "val/acc")
-        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
-        assert child.info.status == "FINISHED"
-        files = {f.path for f in client.list_artifacts(child.info.run_id)}
-        assert {"gamma_sq_per_layer.json", "error_coverage.csv"} <= files
-        trial_id = child.data.tags["normstudy.trial_id"]
-        assert (home / "quickstart" / "artifacts" / trial_id / "gamma_sq_per_layer.json").exists()
-    assert parent.data.tags.get("best.trial_id")
-    assert parent.info.status == "FINISHED"
+        epochs = trials[child.data.tags["normstudy.trial_id"]]
+        first, last = epochs[0], epochs[-1]
+        assert child.info.run_id == first["mlflow_run_id"]
+        assert child.info.run_name.startswith(f"t{first['optuna_trial']:03d} gamma_init=")
+        assert child.data.tags["normstudy.optuna_trial"] == str(first["optuna_trial"])
+        assert child.data.tags["normstudy.status"] == first["status"]
+        assert child.info.status == "FINISHED"  # Tune's TERMINATED, stopped or not
+        params = child.data.params
+        assert float(params["searched.lr"]) == pytest.approx(first["config.train.lr"])
+        assert params["train.lr"] and "plugins.gamma_init.value" in params
+        assert "variant" not in params and "None" not in params.values()  # nulls left out
+        history = client.get_metric_history(child.info.run_id, SCORE)
+        assert [(m.step, m.value) for m in history] == [(last["epoch"], pytest.approx(last[SCORE]))]
+        for key in ("val/loss", "running_best/val/loss"):
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
+            assert steps == [r["epoch"] for r in epochs], key
+        if first["status"] == "completed":
+            files = {f.path for f in client.list_artifacts(child.info.run_id)}
+            assert {"gamma_sq_per_layer.json", "error_coverage.csv"} <= files
 
     # `best` reads Parquet; its order equals MLflow's order by the same summary metric.
-    import json
-
     best = _normstudy(
-        "best", "quickstart", "--home", str(home), "--top", str(N_TRIALS), "--format", "json"
-    )
+        "best", "quickstart", "--home", str(asha_study.home), "--top", str(ASHA_TRIALS),
+        "--format", "json",
+    )  # fmt: skip
     assert best.returncode == 0, best.stderr
     ranked = json.loads(best.stdout)
-    mlflow_scores = [c.data.metrics["best/val/acc"] for c in children]
-    assert [r["score"] for r in ranked] == pytest.approx(mlflow_scores)
-    by_trial = {c.data.tags["normstudy.trial_id"]: c.data.metrics["best/val/acc"] for c in children}
-    assert {r["trial_id"]: r["score"] for r in ranked} == pytest.approx(by_trial)
+    assert [r["score"] for r in ranked] == pytest.approx([c.data.metrics[SCORE] for c in children])
     assert parent.data.tags["best.trial_id"] == ranked[0]["trial_id"]
+    assert parent.info.status == "FINISHED"
+    metrics = parent.data.metrics
+    assert metrics[SCORE] == pytest.approx(ranked[0]["score"])
+    assert metrics["trials"] == ASHA_TRIALS
+    statuses = [e[0]["status"] for e in trials.values()]
+    assert metrics["trials/stopped"] == statuses.count("stopped") > 0
+    best_lr = ranked[0]["config"]["train.lr"]
+    assert float(parent.data.params["searched.lr"]) == pytest.approx(best_lr)
 
     report = _normstudy(
-        "report",
-        "quickstart",
-        "--home",
-        str(home),
-        "--format",
-        "csv",
-        "--out",
-        str(tmp_path / "rep"),
-    )
+        "report", "quickstart", "--home", str(asha_study.home), "--format", "csv",
+        "--out", str(asha_study.home.parent / "rep"),
+    )  # fmt: skip
     assert report.returncode == 0, report.stderr
-    assert list((tmp_path / "rep").glob("*.csv"))
+    assert list((asha_study.home.parent / "rep").glob("*.csv"))
+
+
+def test_mlflow_ui_opens_the_trials_sorted_by_the_score(asha_study: Study, tmp_path: Path) -> None:
+    """A headless Chromium renders the link `normstudy ui` prints: the model-training runs
+    page, one row per trial named by what was searched, the score and searched columns."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no headless browser: apt-get install chromium")
+    from mlflow import MlflowClient
+
+    from normstudy.tracking import view_link
+
+    exp = MlflowClient(asha_study.tracking).get_experiment_by_name("quickstart")
+    assert exp is not None
+    url = view_link(asha_study.tracking, exp.experiment_id)
+    args = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+        "--window-size=1600,900", "--virtual-time-budget=20000",
+    ]  # fmt: skip
+    shot = tmp_path / "runs.png"
+    dom = subprocess.run(
+        [*args, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True
+    ).stdout
+    subprocess.run([*args, f"--screenshot={shot}", url], capture_output=True, timeout=180)
+    assert shot.stat().st_size > 10_000
+    assert "Evaluation runs" not in dom  # the model-training pages, not the GenAI ones
+    for row in (r for r in asha_study.rows if r["epoch"] == 1):
+        assert f"t{row['optuna_trial']:03d} gamma_init=" in dom
+    for column in (SCORE, "searched.lr", "searched.gamma_init"):
+        assert column in dom, column
 
 
 def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart: Path) -> None:

@@ -44,6 +44,13 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self._start(f"sqlite:///{self.folder / 'db.sqlite'}", self.folder / "artifacts")
+
+    def start_serving(self, home: Path) -> None:
+        """Serves a study home as `normstudy ui` does."""
+        self._start(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
+
+    def _start(self, store: str, artifacts: Path) -> None:
         mlflow = Path(sys.executable).with_name("mlflow")
         self.proc = subprocess.Popen(
             [
@@ -56,9 +63,9 @@ class Server:
                 "--workers",
                 "1",
                 "--backend-store-uri",
-                f"sqlite:///{self.folder / 'db.sqlite'}",
+                store,
                 "--artifacts-destination",
-                (self.folder / "artifacts").as_uri(),
+                artifacts.as_uri(),
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.folder / "server.log", "a"),  # noqa: SIM115
@@ -326,3 +333,85 @@ def test_a_refused_operation_is_reported_and_the_rest_goes_through(
     assert any(line.startswith("metrics of ghost epoch 1: UndeliverableError") for line in lines)
     assert any("best.* tags left out" in line for line in lines)
     _assert_logged(server.uri, tmp_path, study, trials, best=False)
+
+
+def test_a_model_training_experiment(server: Server, tmp_path: Path) -> None:
+    """The experiment's kind and view; run names; the summary once, at the last step; status
+    tags; the study run's score, counts and best configuration; no null params."""
+    from mlflow import MlflowClient
+
+    server.ensure_started()
+    study, trial = "windows", "t_00000"
+    tracker = StudyTracker(
+        uri=server.uri,
+        study=study,
+        artifact_root=as_location(tmp_path / "mlartifacts"),
+        state_file=as_location(tmp_path / study / "mlflow_runs.json"),
+        tags={"normstudy.study": study},
+        experiment_tags={"mlflow.sharedViewState.normstudy": '{"orderByAsc": false}'},
+    )
+    params = {"searched.lr": 0.05, "train.lr": 0.05, "variant": None}
+    tracker.trial_started(trial, params, {"normstudy.status": "running"}, name="t000 lr=0.05")
+    _epochs(tracker, trial, range(1, 3))  # stopped after 2 of EPOCHS
+    tags = {"normstudy.status": "stopped"}
+    tracker.trial_ended(trial, {"best/val/acc": 0.2}, "FINISHED", step=2, tags=tags)
+    counts = {"best/val/acc": 0.2, "trials": 1, "trials/stopped": 1}
+    best = {"trial_id": trial, "score": 0.2, "metric": "best/val/acc"}
+    tracker.study_ended(best, metrics=counts, params={"searched.lr": 0.05, "x": None})
+    assert tracker.close(timeout_s=30) == []
+    assert tracker.run_id(trial)
+
+    client = MlflowClient(server.uri)
+    exp = client.get_experiment_by_name(study)
+    assert exp is not None
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.tags["mlflow.sharedViewState.normstudy"] == '{"orderByAsc": false}'
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`normstudy.role` = 'study'")
+    assert parent.data.metrics == {"best/val/acc": 0.2, "trials": 1.0, "trials/stopped": 1.0}
+    assert parent.data.params == {"searched.lr": "0.05"}
+    child = client.get_run(str(tracker.run_id(trial)))
+    assert child.info.run_name == "t000 lr=0.05" and child.info.status == "FINISHED"
+    assert child.data.params == {"searched.lr": "0.05", "train.lr": "0.05"}
+    assert child.data.tags["normstudy.status"] == "stopped"
+    history = client.get_metric_history(child.info.run_id, "best/val/acc")
+    assert [(m.step, m.value) for m in history] == [(2, 0.2)]  # no point at step 0
+
+
+def test_a_moved_local_home_serves_its_artifacts(tmp_path: Path) -> None:
+    """A local store records proxied artifact locations, no absolute path: the home, moved,
+    served by `mlflow server` as `normstudy ui` starts it, still serves every file."""
+    from mlflow import MlflowClient
+
+    home, study = tmp_path / "home", "moved"
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    tracker = _tracker(home, uri, study)
+    _study(tracker, ["t_00000"])
+    assert tracker.close(timeout_s=30) == []
+    exp = MlflowClient(uri).get_experiment_by_name(study)
+    assert exp is not None and exp.artifact_location == f"mlflow-artifacts:/{study}"
+    assert str(home) not in json.dumps([r.info.artifact_uri for r in _runs(uri, exp)])
+
+    moved = tmp_path / "elsewhere"
+    home.rename(moved)
+    srv = Server(tmp_path)
+    srv.start_serving(moved)
+    try:
+        client = MlflowClient(srv.uri)
+        exp = client.get_experiment_by_name(study)
+        assert exp is not None
+        for run in client.search_runs([exp.experiment_id]):
+            files = [f.path for f in client.list_artifacts(run.info.run_id)]
+            if run.data.tags.get("normstudy.role") == "trial":
+                assert files == ["curve.csv"]
+                local = client.download_artifacts(run.info.run_id, "curve.csv", str(tmp_path))
+                assert Path(local).read_text() == "k,err\n1,0.5\n"
+            else:
+                assert files == ["best_config.json"]
+    finally:
+        srv.stop()
+
+
+def _runs(uri: str, exp: Any) -> list[Any]:
+    from mlflow import MlflowClient
+
+    return list(MlflowClient(uri).search_runs([exp.experiment_id]))

@@ -194,6 +194,21 @@ def run(
         spec = spec.with_absolute_paths()
         cache_dir().mkdir(parents=True, exist_ok=True)
         os.chdir(cache_dir())
+    again = f"normstudy run {path} --resume" + (f" --home {home}" if home else "")
+    _run_and_show(spec, home, resume, overwrite, tracking_uri, top, again)
+
+
+def _run_and_show(  # type: ignore[no-untyped-def]
+    spec,
+    home: str | None,
+    resume: bool,
+    overwrite: bool,
+    tracking_uri: str | None,
+    top: int,
+    again: str,
+) -> None:
+    """Runs a validated, preflighted study; prints the best trials; exits as the study ended
+    (130 interrupted, 1 when trials failed)."""
     from normstudy.search import StudyStateError, run_study
     from normstudy.storage import StorageError
 
@@ -219,11 +234,7 @@ def run(
     _print_best(spec, outcome.paths, top, "table")
     out.print(f"results: {outcome.paths.results}")
     if outcome.interrupted:
-        err.print(
-            f"[yellow]interrupted[/yellow] — resume with: normstudy run {path} --resume"
-            + (f" --home {home_dir}" if home else ""),
-            highlight=False,
-        )
+        err.print(f"[yellow]interrupted[/yellow] — resume with: {again}", highlight=False)
         raise typer.Exit(130)
     if home_dir.is_local and not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         out.print(f"MLflow UI: normstudy ui --home {home_dir}")
@@ -254,6 +265,54 @@ def _run_figures(spec: StudySpec, paths: StudyPaths, home_arg: str) -> None:
         return
     if drawn.paths:
         out.print(f"figures: {paths.figures}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def confirm(
+    study: Annotated[str, typer.Argument(help="The search study whose best to confirm.")],
+    top: Annotated[int, typer.Option(help="How many of its best configurations.")] = 3,
+    seeds: Annotated[int, typer.Option(help="Run each over the first N MD5 seeds.")] = 15,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The baseline's values, dotted.key=value (repeat); keys it leaves out keep "
+            "the study's base values. E.g. --baseline plugins.gamma_init.value=1.0"
+        ),
+    ] = None,
+    home: HomeOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted confirm study.")] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow server (default: $MLFLOW_TRACKING_URI or HOME's store)."),
+    ] = None,
+) -> None:
+    """Re-run a search's top configurations (and a baseline) over many seeds, every epoch:
+    a linked study HOME/STUDY-confirm whose report is the paper table."""
+    from normstudy.confirm import ConfirmError, confirm_spec
+    from normstudy.preflight import preflight
+    from normstudy.results import read_results, trial_scores
+    from normstudy.spec import SpecError, parse_override
+
+    paths, search = _study_spec(study, home)
+    try:
+        pairs = dict(parse_override(text) for text in baseline or [])
+        scores = trial_scores(
+            read_results(paths.results), search.search.metrics[0], search.search.modes[0]
+        )
+        spec = confirm_spec(search, scores, top=top, seeds=seeds, baseline=pairs)
+    except (ConfirmError, SpecError) as e:
+        _fail(str(e))
+    if problems := preflight(spec, data=not os.environ.get("RAY_ADDRESS")):
+        _fail(f"{spec.name}: the study cannot run\n" + "\n".join(f"  - {p}" for p in problems))
+    out.print(
+        f"confirming {study}: {', '.join(spec.configs)} × {seeds} seeds -> study {spec.name}",
+        highlight=False,
+    )
+    args = " ".join(f"--baseline {b}" for b in baseline or [])
+    again = f"normstudy confirm {study} --top {top} --seeds {seeds} {args} --resume" + (
+        f" --home {home}" if home else ""
+    )
+    _run_and_show(spec, home, resume, False, tracking_uri, top + 1, again)
 
 
 def _print_best(spec, paths, top: int, fmt: Literal["table", "json"]) -> None:  # type: ignore[no-untyped-def]
@@ -418,8 +477,9 @@ def ui(
     allowed_hosts: Annotated[
         str | None,
         typer.Option(
-            help="Host headers MLflow answers (comma-separated, wildcards allowed: "
-            "'box.lab.org,10.0.0.*'); needed when browsers reach it by a name or public IP."
+            help="More Host headers MLflow answers besides localhost and private IPs "
+            "(comma-separated, wildcards allowed: 'box.lab.org:5000,lab.*'); needed when "
+            "browsers reach it by a name or a public IP."
         ),
     ] = None,
     cors_allowed_origins: Annotated[
@@ -454,11 +514,15 @@ def ui(
         "--workers",
         "1",
     ]
-    if allowed_hosts:
-        args += ["--allowed-hosts", allowed_hosts]
+    if allowed_hosts:  # added to MLflow's defaults (this machine, private IPs), not instead
+        from mlflow.server.security_utils import get_default_allowed_hosts
+
+        args += ["--allowed-hosts", ",".join([*get_default_allowed_hosts(), allowed_hosts])]
     if cors_allowed_origins:
         args += ["--cors-allowed-origins", cors_allowed_origins]
     out.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
+    for name, url in _study_views(home_dir, f"http://{host}:{port}"):
+        out.print(f"  {name}: {url}", highlight=False, soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not allowed_hosts:
         err.print(
             "note: MLflow answers 403 to a Host header that is not localhost or a private IP: "
@@ -466,6 +530,20 @@ def ui(
             highlight=False,
         )
     os.execv(args[0], args)
+
+
+def _study_views(home_dir: Location, server: str) -> list[tuple[str, str]]:
+    """Each study's runs table in the UI: trials sorted by the score, the searched params."""
+    from normstudy.home import local_tracking_uri
+    from normstudy.tracking import view_link
+    from normstudy.tracking._client import client
+    from normstudy.tracking._view import TAG
+
+    try:
+        experiments = client(local_tracking_uri(home_dir)).search_experiments()
+    except Exception:  # the UI serves the store anyway; only the links are missing
+        return []
+    return [(e.name, view_link(server, e.experiment_id)) for e in experiments if TAG in e.tags]
 
 
 @app.command()

@@ -216,6 +216,8 @@ def _status_table(home_loc: Any, records: list[dict[str, Any]]) -> Any:
     if not records:
         return f"no studies in {home_loc}"
     table = Table("study", "trials", *_COUNTS, "best", "elapsed", "job")
+    for column in table.columns[:2]:  # names and k/N whole, the job column folds instead
+        column.no_wrap = True
     for r in records:
         if "error" in r:
             table.add_row(r["study"], "?", *[""] * len(_COUNTS), r["error"][:60], "", "")

@@ -48,9 +48,7 @@ def doctor(
             uri: str | None = resolve_tracking_uri(paths.home, tracking_uri)
         except StorageError:
             uri = None
-        holder = live_holder(paths.root)
-        if holder is not None and fix:
-            _fail(f"a driver runs study {study!r} ({holder.describe()}); repair after it ends")
+        holder = None if fix else live_holder(paths.root)  # --repair: the lease says who
         if holder is not None:
             err.print(
                 f"[yellow]note:[/yellow] a driver runs the study ({holder.describe()}); what "

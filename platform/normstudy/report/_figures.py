@@ -68,7 +68,8 @@ class FigureInput:
         cls, spec: StudySpec, paths: StudyPaths, table: pa.Table, *, brief: bool = False
     ) -> FigureInput:
         """From a study's description and folder (the Optuna storage opened on demand)."""
-        space = {key: axis_of(dist) for key, dist in spec.search.space.items()}
+        # A seed axis (a confirm study's grid) is replication, not a knob to plot against.
+        space = {k: axis_of(d) for k, d in spec.search.space.items() if k != "seed"}
 
         def load() -> optuna.Study:
             import optuna

@@ -83,5 +83,6 @@ for _key, _label in {
     "model.name": "model",
     "model.drop_rate": "drop rate",
     "variant": "variant",
+    "configuration": "configuration",
 }.items():
     register_label(_key, _label)

@@ -20,6 +20,8 @@ _LEADING = [
     pa.field("node", pa.string()),
     pa.field("attempts", pa.int64()),
     pa.field("error", pa.string()),
+    pa.field("optuna_trial", pa.int64()),  # the Optuna trial number (null: not known)
+    pa.field("mlflow_run_id", pa.string()),  # the MLflow child run (null: not created yet)
 ]
 _META = [
     pa.field("meta.version", pa.string()),

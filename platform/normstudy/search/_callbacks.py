@@ -15,12 +15,22 @@ if TYPE_CHECKING:
 
     from normstudy.home import StudyPaths
     from normstudy.results import ResultsSink
+    from normstudy.search._links import OptunaLinks
     from normstudy.spec import StudySpec
     from normstudy.storage import Location
     from normstudy.tracking import StudyTracker
 
 # Keys of a Tune result that are our metrics: "group/name" plus these.
 _PLAIN_METRICS = ("lr", "epoch_time_s")
+
+
+def for_mlflow(metrics: dict[str, float]) -> dict[str, float]:
+    """Per-epoch metrics as MLflow gets them: the running best ``best/<m>`` under
+    ``running_best/<m>``, as ``best/<m>`` is the trial's summary, logged once at its end."""
+    return {
+        f"running_best/{k.removeprefix('best/')}" if k.startswith("best/") else k: v
+        for k, v in metrics.items()
+    }
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, float]:
@@ -59,14 +69,16 @@ class StudyCallback(_NotPickled, Callback):
         score_keys: list[str],
         artifacts_dir: Location,
         variants: dict[str, dict[str, dict[str, Any]]],
+        links: OptunaLinks | None = None,
     ) -> None:
-        self.artifacts_dir, self.variants = artifacts_dir, variants
+        self.artifacts_dir, self.variants, self.links = artifacts_dir, variants, links
         self.study, self.base, self.epochs = study, base, epochs
         self.sink, self.tracker, self.meta = sink, tracker, meta
         self.score_keys = score_keys
         self.last_epoch: dict[str, int] = {}
         self.status: dict[str, str] = {}
         self._node: dict[str, str] = {}
+        self._ids: dict[str, dict[str, Any]] = {}  # trial -> optuna_trial, mlflow_run_id
         # Epochs are delivered at least once: a trial restored after a lost node or driver may
         # redo an epoch whose row exists. Parquet replaces the row; MLflow must not get a
         # second point for the step, so each trial's highest logged epoch is remembered.
@@ -92,17 +104,42 @@ class StudyCallback(_NotPickled, Callback):
             **{f"meta.{k}": v for k, v in self.meta.items()},
         }
 
+    def _links(self, trial: Trial) -> dict[str, Any]:
+        """The trial's Optuna trial number and MLflow run id, as far as known (Parquet columns
+        ``optuna_trial`` and ``mlflow_run_id``); the run id, once known, goes to Optuna too."""
+        ids = self._ids.setdefault(trial.trial_id, {})
+        if "optuna_trial" not in ids and self.links is not None:
+            # None: the storage has no such trial (a study begun by an older normstudy)
+            ids["optuna_trial"] = self.links.number(trial.trial_id)
+        if "mlflow_run_id" not in ids and self.tracker is not None:
+            run_id = self.tracker.run_id(trial.trial_id)
+            if run_id:
+                ids["mlflow_run_id"] = run_id
+                if self.links is not None:
+                    self.links.link_run(trial.trial_id, run_id)
+        return {k: v for k, v in ids.items() if v is not None}
+
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         from normstudy.results import flatten_config
+        from normstudy.search._labels import flat, run_name, searched_params, short_names
 
         self.status[trial.trial_id] = "running"
         if self.tracker:
             config = self._config(trial)
-            tags = {"normstudy.seed": str(config["seed"])}
-            params = {k.removeprefix("config."): v for k, v in flatten_config(config).items()}
-            self.tracker.trial_started(trial.trial_id, params, tags)
+            number = self._links(trial).get("optuna_trial")
+            searched = flat(dict(trial.config))
+            tags = {"normstudy.seed": str(config["seed"]), "normstudy.status": "running"}
+            tags["normstudy.searched"] = ",".join(searched_params(searched))
+            if number is not None:
+                tags["normstudy.optuna_trial"] = str(number)
+            params = searched_params(searched)  # first: they are what tells trials apart
+            params |= {k.removeprefix("config."): v for k, v in flatten_config(config).items()}
+            names = short_names(searched)
+            label = f"t{number:03d}" if number is not None else trial.trial_id
+            name = run_name(label, {names[k]: v for k, v in searched.items()})
+            self.tracker.trial_started(trial.trial_id, params, tags, name=name)
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
@@ -111,7 +148,7 @@ class StudyCallback(_NotPickled, Callback):
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = metrics_of(result)
         row = self._row(trial, epoch, metrics, result.get("node_id"))
-        self.sink.update(trial.trial_id, [row], status="running")
+        self.sink.update(trial.trial_id, [row], status="running", fields=self._links(trial))
         self.last_epoch[trial.trial_id] = epoch
         if self.tracker:
             node = result.get("node_id")
@@ -119,7 +156,7 @@ class StudyCallback(_NotPickled, Callback):
                 self._node[trial.trial_id] = node
                 self.tracker.trial_tags(trial.trial_id, {"normstudy.node_id": str(node)})
             if epoch > self._logged.get(trial.trial_id, 0):
-                self.tracker.trial_result(trial.trial_id, metrics, step=epoch)
+                self.tracker.trial_result(trial.trial_id, for_mlflow(metrics), step=epoch)
                 self._logged[trial.trial_id] = epoch
         files = result.get("artifacts")
         if isinstance(files, dict) and files:
@@ -137,7 +174,7 @@ class StudyCallback(_NotPickled, Callback):
         # A trial that failed in every attempt made num_failures attempts; one that ended
         # after retries made one more than it failed.
         attempts = trial.num_failures + (0 if status == "error" else 1)
-        fields = {"attempts": attempts, "error": error}
+        fields = {"attempts": attempts, "error": error, **self._links(trial)}
         rows = []
         if status == "error" and not self.sink.load(trial.trial_id):
             rows = [self._row(trial, 0, {}, None)]  # failed before any epoch: still a result
@@ -149,11 +186,15 @@ class StudyCallback(_NotPickled, Callback):
                 for k in self.score_keys
                 if isinstance(last.get(k), int | float) and math.isfinite(last[k])
             }
-            self.tracker.trial_ended(trial.trial_id, summary, mlflow_status)
+            step = self.last_epoch.get(trial.trial_id, self._logged.get(trial.trial_id, 0))
+            tags = {"normstudy.status": status}
+            self.tracker.trial_ended(trial.trial_id, summary, mlflow_status, step=step, tags=tags)
 
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
+        # An ASHA-stopped trial is TERMINATED in Tune, so FINISHED in MLflow; the tag
+        # normstudy.status=stopped tells it from a completed one.
         stopped = self.last_epoch.get(trial.trial_id, 0) < self.epochs
         self._end(trial, "stopped" if stopped else "completed", "FINISHED")
 

@@ -102,9 +102,9 @@ def _settle_lost(paths: StudyPaths, tracker: Any, console: Console) -> None:
 def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from normstudy.search._optuna_store import pull, storage_url
+    from normstudy.search._searcher import StudySearch
     from normstudy.search._space import define_by_run, make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -112,7 +112,9 @@ def _searcher(spec: StudySpec, paths: StudyPaths) -> Any:
     metrics = [f"best/{m}" for m in spec.search.metrics]
     space = {k: d.model_dump(mode="json") for k, d in spec.search.space.items()}
     single = len(metrics) == 1
-    searcher = OptunaSearch(
+    searcher = StudySearch(
+        epochs=spec.train.epochs,
+        metric_names=list(spec.search.metrics),
         space=functools.partial(define_by_run, space=space, seeds=spec.seed_list()),
         metric=metrics[0] if single else metrics,
         mode=spec.search.modes[0] if single else list[str](spec.search.modes),
@@ -266,9 +268,13 @@ def _run_leased(
     unfinished = _unfinished(paths)
     interrupted = bool(unfinished) or len(grid) < total
     for trial_id in unfinished:  # they resume with --resume; until then MLflow says so
-        tracker.trial_ended(trial_id, {}, "KILLED")
+        tracker.trial_ended(trial_id, {}, "KILLED", tags={"normstudy.status": "interrupted"})
     status = "KILLED" if interrupted else "FAILED" if errored else "FINISHED"
-    tracker.study_ended(_best_summary(spec, paths), status=status)
+    best = _best_summary(spec, paths)
+    metrics, params = _study_run_summary(spec, paths, best)
+    # MLflow's params are immutable: the best configuration is logged once the study has
+    # ended, not when it was interrupted (a resume may still find a better one).
+    tracker.study_ended(best, status=status, metrics=metrics, params={} if interrupted else params)
     failures = tracker.close(float(os.environ.get("NORMSTUDY_TRACKING_FLUSH_S", "60")))
     return StudyOutcome(paths, len(grid), errored, failures, interrupted)
 
@@ -323,7 +329,8 @@ def _check_resources(spec: StudySpec) -> None:
 
 def _tracker(spec: StudySpec, paths: StudyPaths, tracking: str | None) -> Any:
     from normstudy import __version__
-    from normstudy.tracking import StudyTracker
+    from normstudy.search._labels import searched_params
+    from normstudy.tracking import StudyTracker, view_tags
 
     return StudyTracker(
         uri=tracking_uri(paths.home, tracking),
@@ -334,7 +341,14 @@ def _tracker(spec: StudySpec, paths: StudyPaths, tracking: str | None) -> Any:
             "normstudy.study": spec.name,
             "normstudy.version": __version__,
             "normstudy.git_rev": git_revision(),
+            # a confirm study's runs name the search they confirm
+            **({"normstudy.confirms": spec.confirms} if spec.confirms else {}),
         },
+        experiment_tags=view_tags(
+            score=f"best/{spec.search.metrics[0]}",
+            mode=spec.search.modes[0],
+            params=list(searched_params(dict.fromkeys(_searched_keys(spec)))),
+        ),
     )
 
 
@@ -351,10 +365,17 @@ def _live_view(spec: StudySpec, console: Console, total: int) -> Any:
     )
 
 
+def _searched_keys(spec: StudySpec) -> list[str]:
+    """The dotted keys a trial's searcher samples (the seed too, where there are several)."""
+    return [*spec.search.space, *(["seed"] if len(spec.seed_list()) > 1 else [])]
+
+
 def _callbacks(spec: StudySpec, paths: StudyPaths, tracker: Any, live: Any) -> list[Any]:
     from normstudy import __version__
     from normstudy.results import ResultsSink
     from normstudy.search._callbacks import OptunaSync, StudyCallback
+    from normstudy.search._links import OptunaLinks
+    from normstudy.search._optuna_store import storage_url
 
     score_keys = [f"best/{m}" for m in spec.search.metrics]
     return [
@@ -368,6 +389,7 @@ def _callbacks(spec: StudySpec, paths: StudyPaths, tracker: Any, live: Any) -> l
             score_keys=score_keys,
             artifacts_dir=paths.trial_artifacts,
             variants=spec.variants,
+            links=OptunaLinks(url=storage_url(spec, paths), study=spec.name),
         ),
         live,
         OptunaSync(spec, paths),
@@ -414,6 +436,26 @@ def _tuner(spec: StudySpec, paths: StudyPaths, callbacks: list[Any], resume: boo
             verbose=0,
         ),
     )
+
+
+def _study_run_summary(
+    spec: StudySpec, paths: StudyPaths, best: dict[str, Any] | None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The study run's metrics (the best score, trials by status) and params (the best
+    trial's searched values, named as on the trials' runs)."""
+    from normstudy.results import read_results
+    from normstudy.search._labels import searched_params
+
+    table = read_results(paths.results).select(["trial_id", "status"]).to_pylist()
+    status_of = {r["trial_id"]: r["status"] for r in table}
+    metrics = {"trials": float(len(status_of))}
+    for status in ("completed", "stopped", "error"):
+        metrics[f"trials/{status}"] = float(sum(s == status for s in status_of.values()))
+    if best is None:
+        return metrics, {}
+    metrics[str(best["metric"])] = float(best["score"])
+    config = best["config"]
+    return metrics, searched_params({k: config[k] for k in _searched_keys(spec) if k in config})
 
 
 def _best_summary(spec: StudySpec, paths: StudyPaths) -> dict[str, Any] | None:

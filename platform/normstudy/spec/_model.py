@@ -288,6 +288,12 @@ class StudySpec(Strict):
     variants: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     """Named plugin sets added on top of ``plugins`` (a variant's options win), compared by
     searching ``search.space.variant`` (e.g. BN vs. PN + γ decay vs. BN + dropout)."""
+    configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Named configurations (dotted key -> value, e.g. ``train.lr: 0.05``), run by searching
+    ``search.space.configuration``: how `normstudy confirm` runs a search's best
+    configurations and a baseline over many seeds."""
+    confirms: str | None = None
+    """The search study whose best configurations this study re-runs (set by `confirm`)."""
     search: SearchSpec = Field(default_factory=SearchSpec)
     seeds: Annotated[list[Seed], Field(max_length=1000)] | SeedsSpec = Field(
         default_factory=lambda: [0]
@@ -339,6 +345,24 @@ class StudySpec(Strict):
             except ValueError as err:
                 raise ValueError(f"variants.{name}: {err}") from None
         return out
+
+    @field_validator("configs", mode="before")
+    @classmethod
+    def _configs(cls, value: Any) -> Any:
+        if not value:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise ValueError("configs must map a name to a set of 'dotted.key: value' pairs")
+        check_finite_tree(value, "configs")
+        for name, values in value.items():
+            if not NAME_RE.fullmatch(str(name)):
+                raise ValueError(
+                    f"configs.{name}: use 1 to 100 lower-case letters, digits, '-' or '_'"
+                )
+            for key in values:
+                if not isinstance(key, str) or key in ("configuration", "seed"):
+                    raise ValueError(f"configs.{name}: {key!r} cannot be set by a configuration")
+        return value
 
     def variant_plugins(self, variant: str | None) -> dict[str, dict[str, Any]]:
         """The plugins a trial of ``variant`` runs with (``plugins`` + the variant's)."""
@@ -409,8 +433,11 @@ class StudySpec(Strict):
             "evaluation": self.evaluation.model_dump(mode="json"),
             "plugins": self.plugins,
             "variant": None,
+            "configuration": None,
             "seed": self.seed_list()[0],
             "resources": self.resources.model_dump(mode="json"),
+            # resolve_config takes them out and applies the trial's `configuration`
+            **({"configurations": self.configs} if self.configs else {}),
         }
 
 
@@ -435,6 +462,8 @@ class TrialConfig(Strict):
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     variant: str | None = None
     """The study variant (named plugin set) this trial runs, if the study has variants."""
+    configuration: str | None = None
+    """The named configuration (``configs``) this trial runs, if the study names any."""
     seed: Seed = 0
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 

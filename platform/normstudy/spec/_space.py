@@ -43,12 +43,19 @@ def resolve_config(
 ) -> dict[str, Any]:
     """A trial's config: the study's base config with the sampled values set at their keys.
 
-    A sampled ``variant`` adds its plugins first; sampled options of plugins that the chosen
-    variant does not enable are left out (they must not switch a plugin on).
+    A sampled ``configuration`` (a name of the study's ``configs``) sets that configuration's
+    values first. A sampled ``variant`` adds its plugins first; sampled options of plugins that
+    the chosen variant does not enable are left out (they must not switch a plugin on).
     """
     from normstudy.spec._model import merge_plugins
 
     config = copy.deepcopy(base)
+    named = config.pop("configurations", None) or {}
+    if params.get("configuration") is not None:  # a named configuration's values, then params
+        name = params["configuration"]
+        config["configuration"] = name
+        rest = {k: v for k, v in params.items() if k != "configuration"}
+        params = {**named[name], **rest}
     variant = params.get("variant")
     if variant is not None:
         config["variant"] = variant
@@ -72,6 +79,19 @@ def _check_variant_key(spec: StudySpec, where: str) -> None:
     if unknown:
         raise ValueError(
             f"{where}: unknown variant {unknown[0]!r}; variants: {', '.join(spec.variants)}"
+        )
+
+
+def _check_configuration_key(spec: StudySpec, where: str) -> None:
+    if not spec.configs:
+        raise ValueError(f"{where}: the study names no configurations (add 'configs:')")
+    values = spec.search.space["configuration"].grid_values()
+    if values is None:
+        raise ValueError(f"{where}: give the configurations as type 'categorical' or 'grid'")
+    unknown = [v for v in values if v not in spec.configs]
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown configuration {unknown[0]!r}; configs: {', '.join(spec.configs)}"
         )
 
 
@@ -102,10 +122,12 @@ def _check_key(spec: StudySpec, key: str) -> None:
     where = f"search.space[{key!r}]"
     if parts[0] == "variant" and len(parts) == 1:
         _check_variant_key(spec, where)
+    elif parts[0] == "configuration" and len(parts) == 1:
+        _check_configuration_key(spec, where)
     elif parts[0] not in SEARCHABLE_ROOTS:
         raise ValueError(
             f"{where}: a space key starts with one of {', '.join(SEARCHABLE_ROOTS)} "
-            "(e.g. 'train.lr', 'plugins.gamma_init.value'), or is 'variant'"
+            "(e.g. 'train.lr', 'plugins.gamma_init.value'), or is 'variant' or 'configuration'"
         )
     elif parts[0] == "seed":
         if len(parts) != 1:
@@ -154,10 +176,18 @@ def check_space(spec: StudySpec) -> None:
             "variants are defined but not searched: add search.space.variant "
             f"(type grid or categorical over {', '.join(spec.variants)})"
         )
+    if spec.configs and "configuration" not in spec.search.space:
+        raise ValueError(
+            "configs are named but not searched: add search.space.configuration "
+            f"(type grid or categorical over {', '.join(spec.configs)})"
+        )
     base = spec.trial_base()
     for key, dist in spec.search.space.items():
         _check_key(spec, key)
-        if key == "variant":
+        if key in ("variant", "configuration"):  # a configuration is checked as a whole
+            if key == "configuration":
+                for name in dist.candidates():
+                    _check_params(spec, base, {key: name}, f"configs.{name}")
             continue
         variant = _variant_for(spec, key)
         for value in dist.candidates():

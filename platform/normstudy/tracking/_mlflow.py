@@ -6,6 +6,12 @@ they are created (a create whose answer was lost makes no second run), metric po
 original timestamp and step (MLflow's SQL store keeps one row per identical (key, value,
 timestamp, step): an identical point logged again is dropped), params are logged only where
 missing, tags and end states are set to the same values again.
+
+The experiment is marked a model-training one (`EXPERIMENT_KIND`), so MLflow's UI opens its runs
+table rather than its GenAI pages. A local store (sqlite) keeps artifacts proxied
+(``mlflow-artifacts:/<study>``): the runs record no absolute path, the files lie under the
+home's ``mlartifacts/``, and whatever serves the home (``normstudy ui``) serves them, wherever
+the home was moved or synced to.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ if TYPE_CHECKING:
     from normstudy.tracking._outbox import Op
 
 MAX_PARAM_LEN = 6000
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+PROXIED = "mlflow-artifacts:"
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
@@ -42,6 +50,11 @@ class RunSender:
                 self.state = {"children": {}, **json.loads(state_file.read_text())}
         except (OSError, ValueError) as e:  # runs are found by tag instead
             self.notes.append(f"cannot read {state_file} ({type(e).__name__}); runs found by tag")
+
+    def run_id(self, trial_id: str) -> str | None:
+        """The trial's run id, once its run exists (read from any thread)."""
+        run_id = self.state["children"].get(trial_id)
+        return str(run_id) if run_id else None
 
     def c(self) -> MlflowClient:
         if self._client is None:
@@ -92,18 +105,37 @@ class RunSender:
         c = self.c()
         exp = c.get_experiment_by_name(self.study)
         if exp is not None:
+            for key, value in EXPERIMENT_KIND.items():  # one made by an older normstudy
+                if exp.tags.get(key) != value:
+                    c.set_experiment_tag(exp.experiment_id, key, value)
             return str(exp.experiment_id)
-        location = None
-        if self.uri.startswith(("sqlite:", "file:")):
-            root = self.artifact_root / self.study  # a bucket home keeps artifacts there too
-            location = root.local_path.as_uri() if root.is_local else root.uri
+        location = f"{PROXIED}/{self.study}" if self._local_store() else None
         try:
-            return str(c.create_experiment(self.study, artifact_location=location))
+            return str(c.create_experiment(self.study, location, tags=EXPERIMENT_KIND))
         except MlflowException:  # made meanwhile (or by a create whose answer was lost)
             exp = c.get_experiment_by_name(self.study)
             if exp is None:
                 raise
             return str(exp.experiment_id)
+
+    def _local_store(self) -> bool:
+        return self.uri.startswith(("sqlite:", "file:"))
+
+    def _log_text(self, run_id: str, text: str, name: str) -> None:
+        """``log_text``; for a local store with proxied artifacts, the file is written where
+        the server proxying them (``--artifacts-destination`` the home's mlartifacts) reads."""
+        from urllib.parse import urlparse
+
+        if self._local_store():
+            uri = self.c().get_run(run_id).info.artifact_uri
+            if uri.startswith(PROXIED):
+                parts = [p for p in urlparse(uri).path.split("/") if p]
+                target = self.artifact_root
+                for part in [*parts, *name.split("/")]:
+                    target = target / part
+                target.write_text(text)
+                return
+        self.c().log_text(run_id, text, name)
 
     def _resume(self, run: Any) -> None:
         if run.info.status != "RUNNING":
@@ -132,6 +164,10 @@ class RunSender:
     def _op_start_study(self, op: Op) -> None:
         experiment = self._experiment()
         self.state["experiment_id"] = experiment
+        have = self.c().get_experiment(experiment).tags if op.get("experiment_tags") else {}
+        for k, v in op.get("experiment_tags", {}).items():  # e.g. the UI's view of the runs
+            if have.get(k) != v:
+                self.c().set_experiment_tag(experiment, k, v)
         key = {"normstudy.role": "study", "normstudy.study": self.study}
         key["normstudy.study_uid"] = op["uid"]
         run = self._get(self.state.get("parent"))
@@ -145,21 +181,34 @@ class RunSender:
         self._save()
 
     def _op_start_trial(self, op: Op) -> None:
-        from mlflow.entities import Param
-
         trial, parent = op["trial_id"], self._parent()
         key = {"normstudy.trial_id": trial, "mlflow.parentRunId": parent}
         run = self._get(self.state["children"].get(trial)) or self._find(key)
+        name = op.get("name") or trial
         if run is None:
             tags = {**op["tags"], **key, "normstudy.role": "trial"}
             experiment = self.state.get("experiment_id") or self._experiment()
-            run = self.c().create_run(experiment, op["t"], tags=tags, run_name=trial)
+            run = self.c().create_run(experiment, op["t"], tags=tags, run_name=name)
+        else:  # resumed: its tags say so again (e.g. normstudy.status)
+            self._op_tags({"trial_id": trial, "tags": op["tags"]}, run.info.run_id)
+            if run.info.run_name != name:
+                self.c().update_run(run.info.run_id, name=name)
         self._resume(run)
         self.state["children"][trial] = run.info.run_id
         self._save()
+        self._log_params(run, op["params"])
+
+    def _log_params(self, run: Any, params: dict[str, str]) -> None:
+        """Params the run lacks, in the given order (MLflow's are immutable: a key it has keeps
+        its value)."""
+        from mlflow.entities import Param
+
         have = run.data.params
-        params = [Param(k, v) for k, v in op["params"].items() if k not in have]
-        for part in _chunks(params, 100):
+        for key in params.keys() & have.keys():
+            if have[key] != params[key]:
+                self.notes.append(f"param {key} of run {run.info.run_id} kept its value")
+        missing = [Param(k, v) for k, v in params.items() if k not in have]
+        for part in _chunks(missing, 100):
             self.c().log_batch(run.info.run_id, params=part)
 
     def _op_metrics(self, op: Op) -> None:
@@ -169,31 +218,39 @@ class RunSender:
         for part in _chunks(points, 1000):
             self.c().log_batch(self._child(op["trial_id"]), metrics=part)
 
-    def _op_tags(self, op: Op) -> None:
+    def _op_tags(self, op: Op, run_id: str | None = None) -> None:
         from mlflow.entities import RunTag
 
         tags = [RunTag(k, str(v)) for k, v in op["tags"].items()]
         for part in _chunks(tags, 100):
-            self.c().log_batch(self._child(op["trial_id"]), tags=part)
+            self.c().log_batch(run_id or self._child(op["trial_id"]), tags=part)
 
     def _op_artifacts(self, op: Op) -> None:
         run_id = self._child(op["trial_id"])
         for name, text in op["files"].items():
-            self.c().log_text(run_id, text, name)
+            self._log_text(run_id, text, name)
 
     def _op_end_trial(self, op: Op) -> None:
         from mlflow.entities import Metric
 
         run_id = self._child(op["trial_id"])
-        summary = [Metric(k, float(v), op["t"], 0) for k, v in op["summary"].items()]
+        step = int(op.get("step", 0))  # an outbox from before steps were sent: 0
+        summary = [Metric(k, float(v), op["t"], step) for k, v in op["summary"].items()]
         if summary:
             self.c().log_batch(run_id, metrics=summary)
+        if op.get("tags"):
+            self._op_tags(op, run_id)
         self.c().set_terminated(run_id, status=op["status"], end_time=op["t"])
 
     def _op_end_study(self, op: Op) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import Metric, RunTag
 
         parent, best = self._parent(), op.get("best")
+        metrics = [Metric(k, float(v), op["t"], 0) for k, v in op.get("metrics", {}).items()]
+        if metrics:
+            self.c().log_batch(parent, metrics=metrics)
+        if op.get("params"):
+            self._log_params(self.c().get_run(parent), op["params"])
         if best is not None:  # best.* names a run: only set when that run exists
             try:
                 run_id = self._child(str(best.get("trial_id")))
@@ -204,5 +261,5 @@ class RunSender:
                 names |= {k: best.get(k) for k in ("score", "metric")}
                 tags = [RunTag(f"best.{k}", str(v)) for k, v in names.items()]
                 self.c().log_batch(parent, tags=tags)
-                self.c().log_text(parent, json.dumps(best, indent=2), "best_config.json")
+                self._log_text(parent, json.dumps(best, indent=2), "best_config.json")
         self.c().set_terminated(parent, status=op["status"], end_time=op["t"])

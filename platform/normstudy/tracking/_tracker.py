@@ -72,6 +72,7 @@ class StudyTracker:
         artifact_root: Location,
         state_file: Location,
         tags: dict[str, str],
+        experiment_tags: dict[str, str] | None = None,
     ) -> None:
         self.uri, self.study, self.tags = uri, study, dict(tags)
         self.outbox_file = outbox_file(state_file)
@@ -84,7 +85,12 @@ class StudyTracker:
             uri=uri, study=study, artifact_root=artifact_root, state_file=state_file
         )
         self._delivery = Delivery(self.outbox, self._sender, retry_s=retry_interval())
-        self._add("start_study", uid=uuid.uuid4().hex, tags=_texts(self.tags))
+        self._add(
+            "start_study",
+            uid=uuid.uuid4().hex,
+            tags=_texts(self.tags),
+            experiment_tags=_texts(experiment_tags or {}),
+        )
         self._delivery.start()
 
     @property
@@ -99,11 +105,25 @@ class StudyTracker:
         self._delivery.notify()
 
     # -- public: enqueue and return at once -------------------------------------------------
+    def run_id(self, trial_id: str) -> str | None:
+        """The MLflow run id of a trial, once its run was created (None before, or while the
+        server is down)."""
+        return self._sender.run_id(trial_id)
+
     @_never_raises
-    def trial_started(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
-        params = {str(k): _param(v) for k, v in params.items()}
+    def trial_started(
+        self,
+        trial_id: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        name: str | None = None,
+    ) -> None:
+        """Starts (or resumes) the trial's run, named ``name`` (else its id). Params whose
+        value is None are left out."""
+        params = {str(k): _param(v) for k, v in params.items() if v is not None}
         tags = _texts({**self.tags, **tags})
-        self._add("start_trial", trial_id=trial_id, params=params, tags=tags)
+        fields = {"name": name} if name else {}
+        self._add("start_trial", trial_id=trial_id, params=params, tags=tags, **fields)
 
     @_never_raises
     def trial_result(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
@@ -119,14 +139,39 @@ class StudyTracker:
         self._add("tags", trial_id=trial_id, tags=_texts(tags))
 
     @_never_raises
-    def trial_ended(self, trial_id: str, summary: dict[str, float], status: str) -> None:
+    def trial_ended(
+        self,
+        trial_id: str,
+        summary: dict[str, float],
+        status: str,
+        *,
+        step: int = 0,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Ends the trial's run with MLflow ``status``; ``summary`` metrics are logged once, at
+        ``step`` (the trial's last epoch, so no chart goes back in time)."""
         summary = {str(k): float(v) for k, v in summary.items()}
-        self._add("end_trial", trial_id=trial_id, summary=summary, status=status)
+        extra = {"tags": _texts(tags)} if tags else {}
+        self._add(
+            "end_trial", trial_id=trial_id, summary=summary, status=status, step=int(step), **extra
+        )
 
     @_never_raises
-    def study_ended(self, best: dict[str, Any] | None, status: str = "FINISHED") -> None:
+    def study_ended(
+        self,
+        best: dict[str, Any] | None,
+        status: str = "FINISHED",
+        *,
+        metrics: dict[str, float] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """Ends the study's run: ``best`` names the best trial (tags, best_config.json);
+        ``metrics`` (best score, trial counts) and ``params`` (the best configuration) go on
+        the study's run. Params already logged keep their value (MLflow's are immutable)."""
         best = None if best is None else json.loads(json.dumps(best, default=str))
-        self._add("end_study", best=best, status=status)
+        metrics = {str(k): float(v) for k, v in (metrics or {}).items()}
+        params = {str(k): _param(v) for k, v in (params or {}).items() if v is not None}
+        self._add("end_study", best=best, status=status, metrics=metrics, params=params)
 
     def close(self, timeout_s: float = 60.0) -> list[str]:
         """Send what waits (bounded by ``timeout_s``); return one line per operation that was
