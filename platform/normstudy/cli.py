@@ -397,6 +397,8 @@ def report(
         base = dict(parse_override(item) for item in baseline or [])
     except SpecError as e:
         _fail(str(e).replace("--set", "--baseline"))
+    if not base and spec.confirms and "baseline" in spec.configs:
+        base = {"configuration": "baseline"}  # a confirm study's own baseline
     try:
         out_loc = as_location(out_dir or Path("reports") / study)
         drawn = _draw_figures(spec, paths, table, out_loc / "figures") if figures else None
