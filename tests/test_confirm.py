@@ -134,4 +134,6 @@ def test_confirm_runs_the_best_and_a_baseline_over_fifteen_seeds(
     holm = next(c for c in table[0] if c.startswith("p Holm"))
     row = {r["configuration"]: r for r in table}
     assert set(row) == {"top1", "baseline"}
-    assert 0.0 <= float(row["top1"][holm]) <= 1.0 and not row["baseline"][holm]
+    assert 0.0 <= float(row["top1"][holm]) <= 1.0  # tested: n = 15 pairs
+    with pytest.raises(ValueError):  # the reference itself is not tested
+        float(row["baseline"][holm])
