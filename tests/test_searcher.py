@@ -168,3 +168,20 @@ def test_a_configuration_whose_seeds_all_failed_is_failed() -> None:
     for trial in ("x1", "x2", "x3"):
         searcher.on_trial_complete(trial, error=True)
     assert searcher._ot_study.trials[0].state == TrialState.FAIL
+
+
+def test_the_grid_sampler_tells_the_last_point_without_stopping_optuna() -> None:
+    from normstudy.search._grid import TuneGridSampler
+
+    for sampler, raises in ((optuna.samplers.GridSampler, True), (TuneGridSampler, False)):
+        study = optuna.create_study(sampler=sampler({"x": [1, 2]}, seed=0))
+        trials = [study.ask() for _ in range(2)]
+        for t in trials:
+            t.suggest_categorical("x", [1, 2])
+        study.tell(trials[0], 1.0)
+        if raises:  # Optuna's own: study.stop() outside an optimize loop
+            with pytest.raises(RuntimeError, match=r"Study\.stop"):
+                study.tell(trials[1], 1.0)
+        else:
+            study.tell(trials[1], 1.0)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2

@@ -88,7 +88,8 @@ def confirm_spec(
         space={"configuration": {"type": "grid", "values": list(configs)}},
         scheduler={"name": "fifo"},
     )
-    search.pop("num_samples", None)  # the grid's size: every configuration × every seed
+    # every configuration × every seed; stated, so that the saved study.yaml says it too
+    search["num_samples"] = len(configs) * seeds
     try:
         return validate_data(data, f"the confirm study of {spec.name}")
     except SpecError as e:

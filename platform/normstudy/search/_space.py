@@ -72,7 +72,9 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_axes(spec), seed=s.seed)
+        from normstudy.search._grid import TuneGridSampler
+
+        return TuneGridSampler(grid_axes(spec), seed=s.seed)
     if s.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials or 1)
     return optuna.samplers.NSGAIISampler(seed=s.seed)
