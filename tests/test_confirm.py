@@ -120,3 +120,18 @@ def test_confirm_runs_the_best_and_a_baseline_over_fifteen_seeds(
     (exp,) = [e for e in client.search_experiments() if e.name == "quickstart-confirm"]
     (parent,) = client.search_runs([exp.experiment_id], "tags.`normstudy.role` = 'study'")
     assert parent.data.tags["normstudy.confirms"] == "quickstart"
+
+    # Its report is the paper table: top1 against the baseline, paired over the 15 seeds.
+    import csv
+
+    report = _normstudy(
+        "report", "quickstart-confirm", "--home", str(home), "--format", "csv",
+        "--out", str(tmp_path / "rep"),
+    )  # fmt: skip
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    with next((tmp_path / "rep").glob("*configs*.csv")).open() as f:
+        table = list(csv.DictReader(f))
+    holm = next(c for c in table[0] if c.startswith("p Holm"))
+    row = {r["configuration"]: r for r in table}
+    assert set(row) == {"top1", "baseline"}
+    assert 0.0 <= float(row["top1"][holm]) <= 1.0 and not row["baseline"][holm]

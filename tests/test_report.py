@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from scipy import stats
 
-from normstudy.report import best_table, render, summary_tables, write_report
+from normstudy.report import TableStyle, best_table, render, summary_tables, write_report
 from normstudy.results import ResultsSink, make_row, read_results, trial_scores
 
 SEEDS = [11, 22, 33, 44]
@@ -76,7 +76,7 @@ def test_paired_pvalue_equals_scipy_over_seed_pairs(results: pa.Table) -> None:
     )
     assert shuffled.pvalue > 0.05
     assert configs[1.0]["p val/acc"] == "baseline"
-    assert configs[0.25]["p val/acc"] is None and configs[0.25]["seeds"] == 1
+    assert configs[0.25]["p val/acc"] == "n=1 < 3" and configs[0.25]["seeds"] == 1
     assert 0.1 not in configs  # the error trial
 
 
@@ -108,14 +108,16 @@ def test_trials_table_lists_every_trial_best_first(results: pa.Table) -> None:
 
 
 def test_markdown_has_header_separator_and_styles(results: pa.Table) -> None:
-    md = render(summary_tables(results, "val/acc", "max", baseline={KEY: 1.0})["configs"], "md")
+    style = TableStyle(highlight="baseline")  # 004's Table 1
+    tables = summary_tables(results, "val/acc", "max", baseline={KEY: 1.0}, style=style)
+    md = render(tables["configs"], "md")
     lines = [line for line in md.splitlines() if line.startswith("|")]
     assert re.fullmatch(r"\|(---\|)+", lines[1])
     assert len({line.count(" | ") for line in lines if line != lines[1]}) == 1
     row = next(line for line in lines if line.startswith("| 0.5 "))
     assert "**" in row
     assert "<u>" in next(line for line in lines if line.startswith("| 0.25 "))  # best mean
-    assert "90.00" in md and "(%)" in md  # accuracies in percent, as the caption says
+    assert "<u>90.0</u>" in md and "(%)" in md  # accuracies in percent, as the caption says
 
 
 def test_csv_parses_with_raw_values(results: pa.Table) -> None:
@@ -124,17 +126,20 @@ def test_csv_parses_with_raw_values(results: pa.Table) -> None:
     assert float(rows["0.5"]["val/acc mean"]) == pytest.approx(
         statistics.fmean(BASELINE[s] + GAIN[s] for s in SEEDS)
     )
-    assert rows["0.25"]["val/acc std"] == "" and rows["0.25"]["p val/acc"] == ""
+    assert rows["0.25"]["val/acc std"] == "" and rows["0.25"]["p val/acc"] == "n=1 < 3"
     assert rows["1.0"]["seeds"] == "4"
 
 
 def test_latex_bolds_the_significant_row(results: pa.Table) -> None:
-    tex = render(summary_tables(results, "val/acc", "max", baseline={KEY: 1.0})["configs"], "latex")
+    style = TableStyle(highlight="baseline")
+    tables = summary_tables(results, "val/acc", "max", baseline={KEY: 1.0}, style=style)
+    tex = render(tables["configs"], "latex")
     assert r"\begin{tabular}" in tex and r"\end{table}" in tex
     rows = {line.split(" & ")[0]: line for line in tex.splitlines() if " & " in line}
-    assert r"\textbf{" in rows["0.5"] and r"$\pm$" in rows["0.5"]
-    assert r"\textbf{" not in rows["1.0"] and r"\textbf{" not in rows["0.25"]
+    assert r"\textbf{" in rows["0.5"] and r"\ensuremath{\pm}" in rows["0.5"]
+    assert r"\textbf{" not in rows["1"] and r"\textbf{" not in rows["0.25"]
     assert r"\underline{" in rows["0.25"]
+    assert r"\ensuremath{\gamma} init" in tex  # the short label, the key in the legend
     assert r"plugins.gamma\_init.value" in tex
 
 
@@ -143,11 +148,13 @@ def test_write_report_writes_every_table_and_format(results: pa.Table, tmp_path:
     paths = write_report(
         "demo", results, "val/acc", "max", out, ["md", "csv", "latex", "html"], baseline={KEY: 1.0}
     )
-    names = ["md", "csv", "tex", "html"]
-    assert [p.name for p in paths] == [f"{t}.{e}" for t in ("trials", "configs") for e in names]
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)  # no temp files
-    assert "<table>" in (out / "configs.html").read_text()
-    assert (out / "trials.md").read_text().startswith("demo: trials")
+    names = ["md", "csv", "tex"]
+    expected = [f"{t}.{e}" for t in ("configs", "trials") for e in names] + ["index.html"]
+    assert [p.name for p in paths] == expected
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # no temp files
+    page = (out / "index.html").read_text()
+    assert page.count('<table class="report"') == 2 and page.startswith("<!DOCTYPE html>")
+    assert (out / "trials.md").read_text().startswith("demo: Trials")
     with pytest.raises(ValueError, match="pdf"):
         write_report("demo", results, "val/acc", "max", out, ["pdf"])  # type: ignore[list-item]
 
@@ -172,7 +179,7 @@ def test_best_table_json_and_text(results: pa.Table) -> None:
 def test_report_modules_import_without_torch_ray_or_scipy() -> None:
     code = (
         "import sys, normstudy.results, normstudy.report; "
-        "heavy = {'torch', 'ray', 'scipy'} & set(sys.modules); "
+        "heavy = {'torch', 'ray', 'scipy', 'matplotlib', 'optuna'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -18,8 +18,10 @@ from normstudy.scaling import (
     bootstrap_draws,
     bootstrap_optimum,
     configurations,
+    metric_rows,
     point_specs,
     power_law_fit,
+    scaling_figures,
     scaling_tables,
     transfer_spec,
 )
@@ -152,7 +154,7 @@ def _trial(name: str, score: float, config: dict, seed: int = 1) -> TrialScore:
     return TrialScore(name, seed, "completed", score, 1, 1, {**config, "seed": seed})
 
 
-def test_tables_of_a_scaling_study(quickstart: Path) -> None:
+def _synthetic(quickstart: Path):
     spec = load_spec(quickstart, ["scale.train.batch_size=[16, 32, 64]"])
     searches = [
         [
@@ -167,7 +169,11 @@ def test_tables_of_a_scaling_study(quickstart: Path) -> None:
                             ("own-s2", 0.6), ("transfer-s2", 0.5)]
         for seed in (1, 2)
     ]  # fmt: skip
-    analysis = analyze(spec, searches, transfer)
+    return analyze(spec, searches, transfer)
+
+
+def test_tables_of_a_scaling_study(quickstart: Path) -> None:
+    analysis = _synthetic(quickstart)
     assert [p.optimum[G] for p in analysis.points] == [0.1, 0.2, 0.4]
     fit = next(f for f in analysis.fits if f.key == G)
     assert fit.law is not None and fit.law.b == pytest.approx(1.0)  # h* = 0.1 · (s/16)
@@ -221,6 +227,7 @@ FAST = [
 def test_a_scaling_study_on_digits_runs_and_reports(quickstart: Path, tmp_path: Path) -> None:
     from normstudy.home import StudyPaths
     from normstudy.results import read_results, trial_scores
+    from normstudy.scaling import load_analysis
     from normstudy.storage import as_location
 
     home, out = tmp_path / "home", tmp_path / "reports"
@@ -234,7 +241,7 @@ def test_a_scaling_study_on_digits_runs_and_reports(quickstart: Path, tmp_path: 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = subprocess.run(
         [sys.executable, "-m", "normstudy", "report", "quickstart", "--home", str(home),
-         "--out", str(out), "--format", "csv", "--format", "md"],
+         "--out", str(out), "--format", "csv", "--format", "md", "--figures"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
@@ -257,3 +264,71 @@ def test_a_scaling_study_on_digits_runs_and_reports(quickstart: Path, tmp_path: 
     transfer = read_results(home / "quickstart-transfer" / "results").to_pylist()
     assert {r["config.configuration"] for r in transfer} == {"own-s0", "own-s1", "transfer-s1"}
     assert spec.scale == {"train.batch_size": [16, 32]}
+    # The figure draws what the Parquet says: each point's optimum, the transfer's means.
+    figures = {p.name for p in (out / "figures").iterdir()}
+    stem = "scaling-plugins-gamma_init-value-vs-train-batch_size"
+    assert {f"{stem}.png", f"{stem}.pdf", "scaling-val-acc-vs-train-batch_size.png"} <= figures
+    drawn = {s: f for s, _, f in scaling_figures(load_analysis(spec, as_location(home)))}
+    offsets = drawn[stem].axes[0].collections[0].get_offsets().tolist()
+    assert offsets == [[16 * 2**i, float(row[G])] for i, row in enumerate(rows)]
+    series = {
+        c.get_label(): c.lines[0]
+        for c in drawn["scaling-val-acc-vs-train-batch_size"].axes[0].containers
+    }
+    own = [
+        np.mean(
+            [r["score"] for r in _best_per_trial(transfer) if r["configuration"] == f"own-s{i}"]
+        )
+        for i in range(2)
+    ]
+    assert list(series["own optimum"].get_ydata()) == pytest.approx(own)
+
+
+def _best_per_trial(rows: list[dict]) -> list[dict]:
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["val/acc"] is None:
+            continue
+        seen = best.get(r["trial_id"])
+        if seen is None or r["val/acc"] > seen["score"]:
+            best[r["trial_id"]] = {
+                "score": r["val/acc"],
+                "configuration": r["config.configuration"],
+            }
+    return list(best.values())
+
+
+def test_a_constant_optimum_has_exponent_zero_and_a_zero_width_interval() -> None:
+    law = power_law_fit([16.0, 32.0, 64.0], [0.1, 0.1, 0.1])
+    assert law.b == 0.0 and law.a == pytest.approx(0.1) and law.r2 == 1.0
+    assert law.b_interval is not None and law.b_interval.low == law.b_interval.high == 0.0
+
+
+def test_scaling_figures_draw_the_computed_values(quickstart: Path) -> None:
+    analysis = _synthetic(quickstart)
+    drawn = {stem: figure for stem, _, figure in scaling_figures(analysis)}
+    ax = drawn["scaling-plugins-gamma_init-value-vs-train-batch_size"].axes[0]
+    assert ax.collections[0].get_offsets().tolist() == [[16, 0.1], [32, 0.2], [64, 0.4]]
+    (fit_line,) = [line for line in ax.lines if line.get_label().startswith("fit")]
+    law = next(f.law for f in analysis.fits if f.key == G)
+    assert law is not None
+    xs = fit_line.get_xdata()
+    assert list(fit_line.get_ydata()) == pytest.approx([law(x) for x in xs])
+    bars = np.array([seg.tolist() for seg in ax.collections[1].get_segments()])
+    expected = [
+        [[p.point["train.batch_size"], p.intervals[G].low],
+         [p.point["train.batch_size"], p.intervals[G].high]]
+        for p in analysis.points
+    ]  # fmt: skip
+    np.testing.assert_allclose(bars, expected, rtol=1e-12)
+    ax = drawn["scaling-val-acc-vs-train-batch_size"].axes[0]
+    series = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert set(series) == {"own optimum", "transferred optimum"}
+    for name, attribute in (("own optimum", "own"), ("transferred optimum", "transferred")):
+        cells = [getattr(t, attribute) for t in analysis.transfer]
+        assert list(series[name].get_xdata()) == [16, 32, 64]
+        assert list(series[name].get_ydata()) == pytest.approx([c.mean for c in cells])
+    rows = metric_rows(analysis, "train.batch_size")
+    assert {(r["variant"], r["scale"]): r["std"] for r in rows}[("own optimum", 64)] == (
+        pytest.approx(analysis.transfer[2].own.std)
+    )

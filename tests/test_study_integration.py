@@ -110,6 +110,10 @@ def asha_study(
         "run", str(quickstart_path), "--home", str(home), "--tracking-uri", mlflow_server, *ASHA
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The output ends with where its quick figures are.
+    figures = home / "quickstart" / "reports" / "figures"
+    assert proc.stdout.strip().splitlines()[-1] == f"figures: {figures}"
+    assert sorted(p.name for p in figures.iterdir()) == ["curves.png", "params.png"]
     return Study(home, _rows(home, "quickstart"), mlflow_server)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, cast
 
@@ -19,6 +20,11 @@ from normstudy.cli_output import fail as _fail
 from normstudy.redact import redact
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from normstudy.home import StudyPaths
+    from normstudy.report import WrittenFigures
+    from normstudy.spec import StudySpec
     from normstudy.storage import Location
 
 app = typer.Typer(
@@ -240,8 +246,33 @@ def _run_and_show(  # type: ignore[no-untyped-def]
         raise typer.Exit(130)
     if home_dir.is_local and not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         out.print(f"MLflow UI: normstudy ui --home {home_dir}")
+    _run_figures(spec, outcome.paths, f" --home {home_dir}" if home else "")
     if outcome.errored:
         _fail(f"{len(outcome.errored)} trials failed: {', '.join(outcome.errored)}", code=1)
+
+
+def _run_figures(spec: StudySpec, paths: StudyPaths, home_arg: str) -> None:
+    # The quick figures (a second or two): a run ends with where to look. Never fails the run.
+    from normstudy.report import figure_kinds
+    from normstudy.results import read_results
+
+    out.print(
+        f"tables and every figure: normstudy report {spec.name}{home_arg} --figures "
+        "--format latex --format html",
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        table = read_results(paths.results)
+        kinds = figure_kinds(cheap_only=True)
+        drawn = _draw_figures(
+            spec, paths, table, paths.figures, kinds=kinds, formats=["png"], brief=True
+        )
+    except Exception as e:  # a figure is a convenience; the results are complete
+        err.print(f"[yellow]figures not drawn:[/yellow] {type(e).__name__}: {e}", highlight=False)
+        return
+    if drawn.paths:
+        out.print(f"figures: {paths.figures}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -329,52 +360,133 @@ def report(
         list[str], typer.Option("--format", help="md, csv, latex or html (repeat)")
     ] = ["md"],  # noqa: B006
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Folder (default reports/STUDY).")
+        str | None,
+        typer.Option("--out", help="Folder or s3:// / gs:// URI (default reports/STUDY)."),
     ] = None,
     baseline: Annotated[
         list[str] | None,
         typer.Option(
             help="The baseline configuration, key=value (repeat), e.g. "
-            "plugins.gamma_init.value=1: adds one-sided paired t-tests over seeds."
+            "plugins.gamma_init.value=1: adds one-sided paired t-tests over seeds (n >= 3), "
+            "Holm-corrected."
         ),
     ] = None,
+    figures: Annotated[
+        bool,
+        typer.Option("--figures", help="Also draw every figure (PNG and PDF) into OUT/figures."),
+    ] = False,
+    decimals: Annotated[int, typer.Option(help="Decimals of accuracies in %.")] = 1,
+    highlight: Annotated[
+        str,
+        typer.Option(
+            help="best: bold the best mean, underline what is not significantly worse; "
+            "baseline: bold what beats the baseline significantly, underline the best (004)."
+        ),
+    ] = "best",
+    labels: Annotated[
+        str, typer.Option(help="short headers (γ init) with a key legend, or dotted keys.")
+    ] = "short",
 ) -> None:
-    """Export the study's tables (per trial, per configuration over seeds) to files."""
-    from normstudy.report import write_report
+    """Export the study's tables (per trial, per configuration over seeds) and figures."""
+    from normstudy.report import StudyContext, TableStyle, write_report
     from normstudy.results import read_results
+    from normstudy.spec import SpecError, parse_override
+    from normstudy.storage import StorageError, as_location
 
     bad = [f for f in format_ if f not in ("md", "csv", "latex", "html")]
     if bad:
         _fail(f"--format {bad[0]!r}: choose md, csv, latex or html")
+    try:
+        style = TableStyle(decimals, highlight=highlight, labels=labels)  # type: ignore[arg-type]
+    except ValueError as e:
+        _fail(f"--{e}")
     paths, spec = _study_spec(study, home)
     if spec.scale:
         formats_ = cast(list[Literal["md", "csv", "latex", "html"]], format_)
-        cli_scaling.report(spec, paths.home, out_dir, formats_)
+        cli_scaling.report(spec, paths.home, out_dir, formats_, figures)
         return
     table = read_results(paths.results)
     if table.num_rows == 0:
         _fail(f"study {study!r} has no results yet in {paths.results}")
-    formats = cast(list[Literal["md", "csv", "latex", "html"]], format_)
-    from normstudy.spec import SpecError, parse_override
-
     try:
         base = dict(parse_override(item) for item in baseline or [])
     except SpecError as e:
         _fail(str(e).replace("--set", "--baseline"))
+    if not base and spec.confirms and "baseline" in spec.configs:
+        base = {"configuration": "baseline"}  # a confirm study's own baseline
     try:
+        out_loc = as_location(out_dir or Path("reports") / study)
+        drawn = _draw_figures(spec, paths, table, out_loc / "figures") if figures else None
         written = write_report(
             study,
             table,
             spec.search.metrics[0],
             spec.search.modes[0],
-            out_dir or Path("reports") / study,
-            formats,
+            out_loc,
+            cast(list[Literal["md", "csv", "latex", "html"]], format_),
             baseline=base or None,
+            context=StudyContext.of(spec),
+            style=style,
+            figures=drawn.files if drawn else (),
         )
-    except ValueError as e:
+    except (ValueError, StorageError) as e:
         _fail(str(e))
-    for path in written:
-        out.print(f"wrote {path}")
+    for path in [*(drawn.paths if drawn else []), *written]:
+        out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def plot(
+    study: str,
+    home: HomeOpt = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(help="Figure kinds (repeat; default all): curves, params, optuna."),
+    ] = None,
+    out_dir: Annotated[
+        str | None, typer.Option("--out", help="Folder (default reports/STUDY/figures).")
+    ] = None,
+    format_: Annotated[
+        list[str] | None,
+        typer.Option("--format", help="png, pdf or svg (repeat; default png, pdf)"),
+    ] = None,
+) -> None:
+    """Draw the study's figures: learning curves, score vs searched keys, Optuna's plots."""
+    from normstudy.results import read_results
+    from normstudy.storage import StorageError, as_location
+
+    paths, spec = _study_spec(study, home)
+    if spec.scale:
+        cli_scaling.plot(spec, paths.home, out_dir, format_ or ["png", "pdf"])
+        return
+    table = read_results(paths.results)
+    try:
+        folder = as_location(out_dir or Path("reports") / study / "figures")
+        formats = format_ or ["png", "pdf"]
+        drawn = _draw_figures(spec, paths, table, folder, kinds=kind, formats=formats)
+    except (ValueError, StorageError) as e:
+        _fail(str(e))
+    for path in drawn.paths:
+        out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+def _draw_figures(
+    spec: StudySpec,
+    paths: StudyPaths,
+    table: pa.Table,
+    folder: Location,
+    *,
+    kinds: list[str] | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+    brief: bool = False,
+) -> WrittenFigures:
+    from normstudy.report import FigureInput, write_figures
+
+    data = FigureInput.of(spec, paths, table, brief=brief)
+    drawn = write_figures(data, folder, kinds, formats, dpi=100 if brief else 150)
+    for reason in drawn.skipped:
+        err.print(f"[yellow]figure skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
+    return drawn
 
 
 @app.command()

@@ -109,17 +109,42 @@ def best(spec: StudySpec, home_dir: Location, top: int, fmt: Literal["table", "j
 def report(
     spec: StudySpec,
     home_dir: Location,
-    out_dir: Path | None,
+    out_dir: str | None,
     formats: list[Literal["md", "csv", "latex", "html"]],
+    figures: bool,
 ) -> None:
-    """``report``: the scaling tables, written to files."""
-    from normstudy.scaling import load_analysis, write_scaling_report
+    """``report``: the scaling tables (and with ``figures`` the scaling figures), to files."""
+    from normstudy.scaling import load_analysis, write_scaling_figures, write_scaling_report
+    from normstudy.storage import StorageError, as_location
 
     analysis = load_analysis(spec, home_dir)
     if not any(p.configurations for p in analysis.points):
         _fail(f"scaling study {spec.name!r} has no scored trial yet in {home_dir}")
-    folder = out_dir or Path("reports") / spec.name
-    for path in write_scaling_report(analysis, folder, formats):
+    try:
+        folder = as_location(out_dir or Path("reports") / spec.name)
+        drawn = write_scaling_figures(analysis, folder / "figures") if figures else None
+        written = write_scaling_report(analysis, folder, formats, drawn.files if drawn else ())
+    except (ValueError, StorageError) as e:
+        _fail(str(e))
+    for reason in drawn.skipped if drawn else []:
+        err.print(f"[yellow]figure skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
+    for path in [*(drawn.paths if drawn else []), *written]:
+        out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+def plot(spec: StudySpec, home_dir: Location, out_dir: str | None, formats: list[str]) -> None:
+    """``plot``: the scaling figures."""
+    from normstudy.scaling import load_analysis, write_scaling_figures
+    from normstudy.storage import StorageError, as_location
+
+    try:
+        folder = as_location(out_dir or Path("reports") / spec.name / "figures")
+        drawn = write_scaling_figures(load_analysis(spec, home_dir), folder, formats)
+    except (ValueError, StorageError) as e:
+        _fail(str(e))
+    for reason in drawn.skipped:
+        err.print(f"[yellow]figure skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
+    for path in drawn.paths:
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 

@@ -96,6 +96,16 @@ class StudyPaths:
         return self.home / "mlartifacts"
 
     @property
+    def reports(self) -> Location:
+        """Tables and figures of the study (`run` draws its figures here)."""
+        return self.root / "reports"
+
+    @property
+    def figures(self) -> Location:
+        """PNG and PDF figures, beside the report tables."""
+        return self.reports / "figures"
+
+    @property
     def trial_artifacts(self) -> Location:
         """Per-trial files (γ² per layer, error-coverage curve), beside the Parquet results."""
         return self.root / "artifacts"

@@ -21,6 +21,7 @@ from normstudy.scaling._analysis import (
     configurations,
     power_law_fit,
 )
+from normstudy.scaling._figures import metric_rows, scaling_figures, write_scaling_figures
 from normstudy.scaling._report import load_analysis, scaling_tables, write_scaling_report
 from normstudy.scaling._run import ScalingOutcome, run_scaling
 from normstudy.scaling._specs import optimum, point_specs, transfer_spec
@@ -40,11 +41,14 @@ __all__ = [
     "bootstrap_optimum",
     "configurations",
     "load_analysis",
+    "metric_rows",
     "optimum",
     "point_specs",
     "power_law_fit",
     "run_scaling",
+    "scaling_figures",
     "scaling_tables",
     "transfer_spec",
+    "write_scaling_figures",
     "write_scaling_report",
 ]

@@ -163,7 +163,13 @@ def power_law_fit(scales: Sequence[float], optima: Sequence[float]) -> PowerLaw:
     n = len(x)
     interval = None
     if n > 2:
-        half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 2)) * float(fit.stderr)
+        stderr = float(fit.stderr)
+        if not math.isfinite(stderr):  # a constant optimum: linregress's r (and stderr) is nan
+            residuals = [v - fit.intercept - fit.slope * u for u, v in zip(x, y, strict=True)]
+            mean_x = statistics.fmean(x)
+            sxx = sum((u - mean_x) ** 2 for u in x)
+            stderr = math.sqrt(sum(r * r for r in residuals) / (n - 2) / sxx)
+        half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 2)) * stderr
         interval = Interval(float(fit.slope) - half, float(fit.slope) + half)
     r2 = float(fit.rvalue) ** 2 if math.isfinite(fit.rvalue) else 1.0
     return PowerLaw(math.exp(float(fit.intercept)), float(fit.slope), interval, r2, n)
@@ -180,6 +186,10 @@ class PointOptimum:
     score: float | None
     optimum: dict[str, Any]
     intervals: dict[str, Interval]
+    seeds: MeanStd | None = None
+    """The optimum's score over its seeds (mean ± std)."""
+    variants: dict[str, MeanStd] = field(default_factory=dict)
+    """Searched variants: each one's best configuration's score over its seeds."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,8 @@ class Fit:
 
     key: str
     axis: str
+    indices: list[int]
+    """The scale points on this axis' line (the other axes at the smallest point's values)."""
     scales: list[float]
     optima: list[float]
     law: PowerLaw | None
@@ -210,7 +222,7 @@ class ScalingAnalysis:
     study: str
     metric: str
     mode: Mode
-    axes: list[str]
+    axes: dict[str, list[Any]]
     keys: list[str]
     points: list[PointOptimum]
     fits: list[Fit] = field(default_factory=list)
@@ -244,9 +256,11 @@ def analyze(
                 score=best.mean if best else None,
                 optimum=best.values if best else {},
                 intervals=bootstrap_optimum(configs, mode, resamples=resamples, seed=seed),
+                seeds=MeanStd.of(best.scores) if best else None,
+                variants=_variant_optima(configs, mode) if "variant" in keys else {},
             )
         )
-    result = ScalingAnalysis(spec.name, metric, mode, list(spec.scale), keys, points)
+    result = ScalingAnalysis(spec.name, metric, mode, dict(spec.scale), keys, points)
     result.fits = [fit for key in keys for fit in _fits(spec, points, key)]
     result.transfer = _transfer(spec, transfer_scores) if transfer_scores else []
     return result
@@ -255,15 +269,10 @@ def analyze(
 def _fits(spec: StudySpec, points: list[PointOptimum], key: str) -> list[Fit]:
     """Per numeric axis: the points where the other axes keep the smallest point's values."""
     fits = []
-    reference = points[0].point if points else {}
     for axis, values in spec.scale.items():
         if not all(is_number(v) for v in values):
             continue
-        line = [
-            p
-            for p in points
-            if all(p.point[a] == reference[a] for a in spec.scale if a != axis) and p.optimum
-        ]
+        line = [points[i] for i in line_of(spec.scale, points, axis) if points[i].optimum]
         scales = [float(p.point[axis]) for p in line]
         optima = [p.optimum.get(key) for p in line]
         if not all(is_number(h) for h in optima):
@@ -277,8 +286,27 @@ def _fits(spec: StudySpec, points: list[PointOptimum], key: str) -> list[Fit]:
         law = None if note else power_law_fit(scales, numbers)
         if law is not None and law.b_interval is None:
             note = "two points: no interval for b"
-        fits.append(Fit(key, axis, scales, numbers, law, note))
+        fits.append(Fit(key, axis, [p.index for p in line], scales, numbers, law, note))
     return fits
+
+
+def line_of(spec_axes: dict[str, list[Any]], points: list[PointOptimum], axis: str) -> list[int]:
+    """The points along ``axis`` with the other axes at the smallest point's values."""
+    reference = points[0].point if points else {}
+    return [
+        p.index for p in points if all(p.point[a] == reference[a] for a in spec_axes if a != axis)
+    ]
+
+
+def _variant_optima(configs: Sequence[Configuration], mode: Mode) -> dict[str, MeanStd]:
+    out = {}
+    for variant in dict.fromkeys(str(c.values.get("variant")) for c in configs):
+        best = best_configuration(
+            [c for c in configs if str(c.values.get("variant")) == variant], mode
+        )
+        if best is not None and (cell := MeanStd.of(best.scores)) is not None:
+            out[variant] = cell
+    return out
 
 
 def _transfer(spec: StudySpec, scores: Sequence[TrialScore]) -> list[TransferPoint]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from normstudy.report import MeanStd, ReportTable, render
+from normstudy.report import MeanStd, ReportTable, label, render
 from normstudy.scaling._analysis import LEVEL, RESAMPLES, ScalingAnalysis, analyze
 
 if TYPE_CHECKING:
+    from normstudy.report import FigureFile
     from normstudy.report._render import Format
     from normstudy.spec import StudySpec
     from normstudy.storage import Location
@@ -43,19 +44,31 @@ def scaling_tables(analysis: ScalingAnalysis) -> dict[str, ReportTable]:
 
 
 def write_scaling_report(
-    analysis: ScalingAnalysis, out_dir: str | Path, formats: Iterable[Format] = ("md",)
-) -> list[Path]:
-    """Writes each table in each format into ``out_dir`` (created); returns the paths."""
-    from normstudy.report._render import EXTENSIONS, write_text_atomic
+    analysis: ScalingAnalysis,
+    out_dir: str | Path | Location,
+    formats: Iterable[Format] = ("md",),
+    figures: Sequence[FigureFile] = (),
+) -> list[Location]:
+    """Writes each table per format into ``out_dir`` (a folder or s3:// / gs:// URI); HTML is
+    one standalone page, ``index.html``, with every table and the given figures."""
+    from normstudy.report import study_page
+    from normstudy.report._render import EXTENSIONS
+    from normstudy.storage import as_location
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    formats = list(formats)
+    tables = scaling_tables(analysis)
+    out = as_location(out_dir)
+    out.mkdir()
     written = []
-    for name, table in scaling_tables(analysis).items():
-        for fmt in formats:
+    for name, table in tables.items():
+        for fmt in (f for f in formats if f != "html"):
             path = out / f"{name}.{EXTENSIONS[fmt]}"
-            write_text_atomic(path, render(table, fmt))
+            path.write_text(render(table, fmt))
             written.append(path)
+    if "html" in formats:
+        page = out / "index.html"
+        page.write_text(study_page(analysis.study, list(tables.values()), figures))
+        written.append(page)
     return written
 
 
@@ -83,9 +96,13 @@ def _optima(a: ScalingAnalysis) -> ReportTable:
         f"the best mean {a.metric} over its seeds, {a.mode}), with a {LEVEL:.0%} bootstrap "
         f"interval ({RESAMPLES} resamples of the point's configurations and their seeds)."
     )
-    verbatim = {*a.axes, *columns[len(a.axes) + 4 :]}
-    table = ReportTable("scaling_optima", caption, columns, rows, verbatim=verbatim)
+    keys = {c: c for c in a.axes} | {k: k for k in a.keys}
+    keys |= {f"{k} {q}": k for k in with_interval for q in _PERCENTILES}
+    labels = {c: label(c) for c in [*a.axes, *a.keys]}
+    labels |= {f"{k} {q}": f"{label(k)} {q}" for k in with_interval for q in _PERCENTILES}
+    table = ReportTable("scaling_optima", caption, columns, rows, labels=labels, keys=keys)
     table.percent = _percent(a.metric, [p.score for p in a.points], score)
+    table.study = a.study
     return table
 
 
@@ -107,7 +124,9 @@ def _fit(a: ScalingAnalysis) -> ReportTable:
         f"axis (least squares on log h* vs log s; the other axes at the smallest point's "
         f"values); {LEVEL:.0%} interval of b from the t distribution with n − 2 dof."
     )
-    return ReportTable("scaling_fit", caption, columns, rows, verbatim={"key", "axis"})
+    table = ReportTable("scaling_fit", caption, columns, rows, study=a.study)
+    table.notes = [f"{k}: {label(k)}" for k in dict.fromkeys(f.key for f in a.fits)]
+    return table
 
 
 def _transfer(a: ScalingAnalysis) -> ReportTable:
@@ -123,7 +142,10 @@ def _transfer(a: ScalingAnalysis) -> ReportTable:
         f"(transferred), each re-run over the study's seeds: mean ± sample std of {a.metric} "
         "(each trial's best over epochs)."
     )
-    table = ReportTable("scaling_transfer", caption, columns, rows, verbatim=set(a.axes))
+    table = ReportTable(
+        "scaling_transfer", caption, columns, rows, labels={x: label(x) for x in a.axes},
+        keys={x: x for x in a.axes}, study=a.study,
+    )  # fmt: skip
     values = [c.mean for t in a.transfer for c in (t.own, t.transferred) if c is not None]
     table.percent = _percent(a.metric, values, own) | _percent(a.metric, values, moved)
     if table.percent:

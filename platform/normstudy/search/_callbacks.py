@@ -13,8 +13,10 @@ from normstudy.spec import resolve_config
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
+    from normstudy.home import StudyPaths
     from normstudy.results import ResultsSink
     from normstudy.search._links import OptunaLinks
+    from normstudy.spec import StudySpec
     from normstudy.storage import Location
     from normstudy.tracking import StudyTracker
 
@@ -221,3 +223,28 @@ def _logged_epochs(sink: ResultsSink) -> dict[str, int]:
     for row in table:
         logged[row["trial_id"]] = max(logged.get(row["trial_id"], 0), int(row["epoch"]))
     return logged
+
+
+class OptunaSync(Callback):
+    """Pushes the Optuna working copy to the home (`_optuna_store.push`) after every finished
+    trial and at the end."""
+
+    def __init__(self, spec: StudySpec, paths: StudyPaths) -> None:
+        self.spec, self.paths = spec, paths
+
+    def __getstate__(self) -> dict[str, Any]:  # given anew on resume, like the other callbacks
+        return {}
+
+    def _push(self) -> None:
+        from normstudy.search._optuna_store import push
+
+        push(self.spec, self.paths)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._push()
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._push()
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._push()

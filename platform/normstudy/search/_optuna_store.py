@@ -5,7 +5,8 @@ copy in its cache and uploads a consistent snapshot (sqlite's backup API) after 
 trial and at the end. A generation number beside each copy says which is newer, so a driver on
 the same machine keeps its own unsynced progress and a driver on another machine starts from
 the home's copy. ``search.storage`` (an RDB URL such as the head node's Postgres) bypasses all
-of this.
+of this. No Ray here: `report` opens the storage too and must start fast (the Tune callback that
+pushes after each trial is `normstudy.search._callbacks.OptunaSync`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from ray.tune import Callback
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from normstudy.home import StudyPaths
@@ -82,25 +81,3 @@ def push(spec: StudySpec, paths: StudyPaths) -> None:
         paths.optuna_db.upload_from(snapshot)
     (paths.root / "optuna.gen").write_text(str(gen))
     local_gen_file.write_text(str(gen))
-
-
-class OptunaSync(Callback):
-    """Pushes the Optuna working copy to the home after every finished trial and at the end."""
-
-    def __init__(self, spec: StudySpec, paths: StudyPaths) -> None:
-        self.spec, self.paths = spec, paths
-
-    def __getstate__(self) -> dict[str, Any]:  # given anew on resume, like the other callbacks
-        return {}
-
-    def _push(self) -> None:
-        push(self.spec, self.paths)
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._push()
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._push()
-
-    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        self._push()

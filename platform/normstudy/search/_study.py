@@ -382,9 +382,9 @@ def _searched_keys(spec: StudySpec) -> list[str]:
 def _callbacks(spec: StudySpec, paths: StudyPaths, tracker: Any, live: Any) -> list[Any]:
     from normstudy import __version__
     from normstudy.results import ResultsSink
-    from normstudy.search._callbacks import StudyCallback
+    from normstudy.search._callbacks import OptunaSync, StudyCallback
     from normstudy.search._links import OptunaLinks
-    from normstudy.search._optuna_store import OptunaSync, storage_url
+    from normstudy.search._optuna_store import storage_url
 
     score_keys = [f"best/{m}" for m in spec.search.metrics]
     return [
