@@ -332,3 +332,11 @@ def test_scaling_figures_draw_the_computed_values(quickstart: Path) -> None:
     assert {(r["variant"], r["scale"]): r["std"] for r in rows}[("own optimum", 64)] == (
         pytest.approx(analysis.transfer[2].own.std)
     )
+
+
+def test_the_transfer_phase_counts_the_same_when_read_back(quickstart: Path) -> None:
+    from normstudy.spec import validate_data
+
+    transfer = transfer_spec(_spec(quickstart, "seeds=[1, 2, 3, 4]"), [{G: 0.1}, {G: 0.2}])
+    again = validate_data(transfer.model_dump(mode="json"))
+    assert num_trials(again) == num_trials(transfer) == 3 * 4

@@ -69,5 +69,6 @@ def transfer_spec(spec: StudySpec, optima: list[dict[str, Any]]) -> StudySpec:
         space={"configuration": {"type": "grid", "values": list(configs)}},
         scheduler={"name": "fifo"},
     )
-    search.pop("num_samples", None)
+    # The grid's size, stated: a study.yaml read back (status, resume) then counts the same.
+    search["num_samples"] = len(configs) * len(spec.seed_list())
     return validate_data(data, f"the transfer phase of {spec.name}")
