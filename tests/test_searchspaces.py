@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from normstudy.scaling import point_specs
 from normstudy.spec import load_spec, resolve_config
 from normstudy.trial import LocalReporter, run_trial
 
@@ -52,20 +53,22 @@ def _points(spec: Any) -> list[dict[str, Any]]:
 def test_every_paper_study_is_shipped() -> None:
     names = {p.stem for p in PAPER_STUDIES}
     assert {"deconstructing_bn", "gamma_decay", "bayesian_norm", "norm_batch_scaling"} <= names
+    assert "scaling_gamma_lr" in names
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", PAPER_STUDIES, ids=lambda p: p.stem)
 def test_every_configuration_of_a_study_trains(path: Path) -> None:
     spec = load_spec(path, [f"{item}" for item in SMALL])
-    base = spec.trial_base()
-    points = _points(spec)
-    assert points
-    for params in points:
-        metrics = run_trial(resolve_config(base, params, spec.variants), LocalReporter())
-        numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
-        bad = {k: v for k, v in numbers.items() if not math.isfinite(v)}
-        assert not bad, f"{path.stem} {params}: non-finite {bad}"
+    for study in point_specs(spec) if spec.scale else [spec]:  # a scaling study: every point
+        base = study.trial_base()
+        points = _points(study)
+        assert points
+        for params in points:
+            metrics = run_trial(resolve_config(base, params, study.variants), LocalReporter())
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            bad = {k: v for k, v in numbers.items() if not math.isfinite(v)}
+            assert not bad, f"{study.name} {params}: non-finite {bad}"
 
 
 @pytest.mark.slow

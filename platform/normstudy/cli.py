@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
 
+from normstudy import cli_scaling
 from normstudy.cli_output import err, out
 from normstudy.cli_output import fail as _fail
 from normstudy.redact import redact
@@ -126,6 +127,8 @@ def validate(
     )
     for key, dist in spec.search.space.items():
         out.print(f"  {key}: {dist.model_dump(exclude_defaults=False)}", highlight=False)
+    if spec.scale:
+        cli_scaling.describe(spec)
     if cluster is not None:
         _check_cluster(cluster, {"cpus": spec.resources.cpus, "gpus": spec.resources.gpus})
 
@@ -184,7 +187,9 @@ def run(
         _fail("--resume and --overwrite exclude each other")
     from normstudy.preflight import preflight  # torch, timm, the data: before Ray or any store
 
-    if problems := preflight(spec, data=env_file is None and not os.environ.get("RAY_ADDRESS")):
+    data = cli_scaling.data_checks(env_file)
+    problems = cli_scaling.preflight_parts(spec, data) if spec.scale else preflight(spec, data=data)
+    if problems:
         _fail(f"{path}: the study cannot run\n" + "\n".join(f"  - {p}" for p in problems))
     if env_file is not None:
         # A Ray job runs in an unpacked working_dir that Ray may clean up before the job ends:
@@ -195,6 +200,9 @@ def run(
         cache_dir().mkdir(parents=True, exist_ok=True)
         os.chdir(cache_dir())
     again = f"normstudy run {path} --resume" + (f" --home {home}" if home else "")
+    if spec.scale:
+        cli_scaling.run_and_show(spec, _home(home), home, resume, overwrite, tracking_uri, again)
+        return
     _run_and_show(spec, home, resume, overwrite, tracking_uri, top, again)
 
 
@@ -338,6 +346,9 @@ def best(
     if format_ not in ("table", "json"):
         _fail(f"--format must be table or json, got {format_!r}")
     paths, spec = _study_spec(study, home)
+    if spec.scale:
+        cli_scaling.best(spec, paths.home, top, cast(Literal["table", "json"], format_))
+        return
     _print_best(spec, paths, top, cast(Literal["table", "json"], format_))
 
 
@@ -390,6 +401,10 @@ def report(
     except ValueError as e:
         _fail(f"--{e}")
     paths, spec = _study_spec(study, home)
+    if spec.scale:
+        formats_ = cast(list[Literal["md", "csv", "latex", "html"]], format_)
+        cli_scaling.report(spec, paths.home, out_dir, formats_, figures)
+        return
     table = read_results(paths.results)
     if table.num_rows == 0:
         _fail(f"study {study!r} has no results yet in {paths.results}")
@@ -441,6 +456,9 @@ def plot(
     from normstudy.storage import StorageError, as_location
 
     paths, spec = _study_spec(study, home)
+    if spec.scale:
+        cli_scaling.plot(spec, paths.home, out_dir, format_ or ["png", "pdf"])
+        return
     table = read_results(paths.results)
     try:
         folder = as_location(out_dir or Path("reports") / study / "figures")

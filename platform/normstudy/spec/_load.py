@@ -46,6 +46,10 @@ def _space_of(data: dict[str, Any]) -> Any:
     return search.get("space") if isinstance(search, dict) else None
 
 
+def _scale_of(data: dict[str, Any]) -> Any:
+    return data.get("scale")
+
+
 def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
     """Set a dotted key in raw spec data. Existing keys may contain dots
     (``search.space.train.lr.high``): at each level the longest existing key that matches wins."""
@@ -67,6 +71,9 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
                 node.setdefault(head, {})[tail] = value
             else:
                 node[rest] = value
+            return
+        if match is None and node is _scale_of(data):  # scale keys keep their dots too
+            node[rest] = value
             return
         if match is None:
             head, _, tail = rest.partition(".")

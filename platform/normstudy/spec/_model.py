@@ -23,6 +23,8 @@ from normstudy.spec._types import (
 )
 
 Mode = Literal["max", "min"]
+ScaleValue = bool | int | float | str
+"""A value of a scale axis: a batch size, a model name, a fraction."""
 
 
 class Strict(BaseModel):
@@ -295,6 +297,18 @@ class StudySpec(Strict):
     configurations and a baseline over many seeds."""
     confirms: str | None = None
     """The search study whose best configurations this study re-runs (set by `confirm`)."""
+    scale: Annotated[
+        dict[str, Annotated[list[ScaleValue], Field(min_length=2, max_length=64)]],
+        Field(max_length=8),
+    ] = Field(default_factory=dict)
+    """Scale axes: dotted config keys (``train.batch_size``, ``model.name``) -> their values,
+    smallest first. Each point of their cartesian product runs its own search (same space and
+    budget, study ``<name>-s<i>``); then ``<name>-transfer`` runs the smallest point's optimum
+    and each point's own optimum at every point over the seeds."""
+    scale_of: str | None = None
+    """The scaling study this study is a part of (a scale point or its transfer phase)."""
+    scale_point: dict[str, ScaleValue] = Field(default_factory=dict)
+    """The scale values this study runs at (a scale point of ``scale_of``)."""
     search: SearchSpec = Field(default_factory=SearchSpec)
     seeds: Annotated[list[Seed], Field(max_length=1000)] | SeedsSpec = Field(
         default_factory=lambda: [0]
@@ -417,6 +431,10 @@ class StudySpec(Strict):
                     "seed; the seed is not a hyperparameter to sample"
                 )
         check_search_metrics(self)
+        if self.scale or self.scale_of:
+            from normstudy.spec._scale import check_scale
+
+            check_scale(self)
         return self
 
     def with_absolute_paths(self) -> StudySpec:

@@ -115,11 +115,11 @@ def _check_plugin_key(spec: StudySpec, parts: list[str], where: str) -> None:
         )
 
 
-def _check_key(spec: StudySpec, key: str) -> None:
+def _check_key(spec: StudySpec, key: str, where: str | None = None) -> None:
     from normstudy.spec._model import TrialConfig
 
     parts = key.split(".")
-    where = f"search.space[{key!r}]"
+    where = where or f"search.space[{key!r}]"
     if parts[0] == "variant" and len(parts) == 1:
         _check_variant_key(spec, where)
     elif parts[0] == "configuration" and len(parts) == 1:
@@ -171,7 +171,10 @@ def _check_params(spec: StudySpec, base: dict[str, Any], params: dict[str, Any],
 def check_space(spec: StudySpec) -> None:
     """Every space key names a field, and every range end / choice is valid for it (and for the
     plugins' own checks); under the grid sampler every grid point is checked."""
-    if spec.variants and "variant" not in spec.search.space:
+    # Named configurations that each pick a variant (a scaling study's transfer phase) need
+    # no variant axis.
+    picked = bool(spec.configs) and all("variant" in c for c in spec.configs.values())
+    if spec.variants and "variant" not in spec.search.space and not picked:
         raise ValueError(
             "variants are defined but not searched: add search.space.variant "
             f"(type grid or categorical over {', '.join(spec.variants)})"
