@@ -3,6 +3,8 @@ optimum, the power-law fit, the tables; and one scaling study on digits end to e
 
 from __future__ import annotations
 
+import json
+
 import math
 import subprocess
 import sys
@@ -264,6 +266,14 @@ def test_a_scaling_study_on_digits_runs_and_reports(quickstart: Path, tmp_path: 
     transfer = read_results(home / "quickstart-transfer" / "results").to_pylist()
     assert {r["config.configuration"] for r in transfer} == {"own-s0", "own-s1", "transfer-s1"}
     assert spec.scale == {"train.batch_size": [16, 32]}
+    status = subprocess.run(
+        [sys.executable, "-m", "normstudy", "status", "quickstart", "--home", str(home),
+         "--format", "json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    (record,) = json.loads(status.stdout)  # the scaling study counts its parts' trials
+    assert record["trials"] == 4 + len({r["trial_id"] for r in transfer})
+    assert record["done"] == record["trials"] and "3 parts" in record["job"]
     # The figure draws what the Parquet says: each point's optimum, the transfer's means.
     figures = {p.name for p in (out / "figures").iterdir()}
     stem = "scaling-plugins-gamma_init-value-vs-train-batch_size"

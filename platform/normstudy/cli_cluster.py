@@ -167,7 +167,11 @@ def _status_records(home_loc: Any, study: str | None) -> list[dict[str, Any]]:
         try:
             spec = load_spec(paths.spec_file)
             metric = spec.search.metrics[0]
-            p = study_progress(paths.results, metric, spec.search.modes[0])
+            parts = _scaling_parts(home_loc, name) if spec.scale else [name]
+            p = _sum_progress(
+                [study_progress(StudyPaths(home_loc, n).results, metric, spec.search.modes[0])
+                 for n in parts]
+            )  # fmt: skip
             holder = live_holder(paths.root)
         except (SpecError, StorageError, ValueError) as e:
             records.append({"study": name, "error": str(e)})
@@ -177,11 +181,13 @@ def _status_records(home_loc: Any, study: str | None) -> list[dict[str, Any]]:
         job = job_state(paths)
         if holder is not None and job in ("", "-", None):
             job = f"driver on {holder.host} (pid {holder.pid})"
+        if spec.scale:
+            job = f"scaling study over {len(parts)} parts; {job}"
         records.append(
             {
                 "study": name,
                 "trials": p.trials,
-                "of": _planned(spec),
+                "of": None if spec.scale else _planned(spec),
                 **{k: p.counts.get(s, 0) for k, s in _COUNTS.items()},
                 "metric": metric,
                 "best": p.best,
@@ -191,6 +197,37 @@ def _status_records(home_loc: Any, study: str | None) -> list[dict[str, Any]]:
             }
         )
     return records
+
+
+def _scaling_parts(home_loc: Any, name: str) -> list[str]:
+    """The studies a scaling study ran: one per scale point, and the transfer study."""
+    import re
+
+    from normstudy.home import list_studies
+
+    part = re.compile(rf"{re.escape(name)}-(s\d+|transfer)")
+    return [n for n in list_studies(home_loc) if part.fullmatch(n)]
+
+
+def _sum_progress(parts: list[Any]) -> Any:
+    """One study's progress, or a scaling study's over its parts (no best: scales differ)."""
+    from normstudy.report import Progress
+
+    if len(parts) == 1:
+        return parts[0]
+    counts: dict[str, int] = {}
+    for p in parts:
+        for status, n in p.counts.items():
+            counts[status] = counts.get(status, 0) + n
+    firsts = [p.first for p in parts if p.first]
+    lasts = [p.last for p in parts if p.last]
+    return Progress(
+        sum(p.trials for p in parts),
+        counts,
+        None,
+        min(firsts) if firsts else None,
+        max(lasts) if lasts else None,
+    )
 
 
 def _planned(spec: Any) -> int | None:
