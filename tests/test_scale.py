@@ -4,7 +4,6 @@ optimum, the power-law fit, the tables; and one scaling study on digits end to e
 from __future__ import annotations
 
 import json
-
 import math
 import subprocess
 import sys
