@@ -239,16 +239,10 @@ def _planned(spec: Any) -> int | None:
         return None
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
 def _status_table(home_loc: Any, records: list[dict[str, Any]]) -> Any:
     from rich.table import Table
+
+    from normstudy.report import format_duration
 
     if not records:
         return f"no studies in {home_loc}"
@@ -262,7 +256,7 @@ def _status_table(home_loc: Any, records: list[dict[str, Any]]) -> Any:
         best = f"{r['best']:.4f} ({r['metric']})" if r["best"] is not None else "-"
         counts = [str(r[k]) for k in _COUNTS]
         trials = f"{r['trials']}/{r['of']}" if r["of"] else str(r["trials"])
-        table.add_row(r["study"], trials, *counts, best, _duration(r["elapsed_s"]), r["job"])
+        table.add_row(r["study"], trials, *counts, best, format_duration(r["elapsed_s"]), r["job"])
     return table
 
 

@@ -22,7 +22,7 @@ from normstudy.report._labels import label, register_label
 from normstudy.report._latex import latex_document
 from normstudy.report._page import FigureFile, study_page
 from normstudy.report._plots import Axis, epoch_metrics, learning_curves, score_vs_params
-from normstudy.report._progress import Progress, study_progress
+from normstudy.report._progress import Progress, format_duration, study_progress
 from normstudy.report._render import ReportTable, render
 from normstudy.report._scaling import PowerFit, fit_power_law, metric_vs_scale, optimum_vs_scale
 from normstudy.report._stats import (
@@ -61,6 +61,7 @@ __all__ = [
     "figure_kinds",
     "find_baseline",
     "fit_power_law",
+    "format_duration",
     "group_by_config",
     "holm",
     "label",

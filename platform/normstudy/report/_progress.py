@@ -35,3 +35,12 @@ def study_progress(results: Location, metric: str, mode: Mode) -> Progress:
     span = pc.min_max(table["meta.updated_at"]).as_py() if table.num_rows else {}
     counts = dict(Counter(s.status or "?" for s in scores))
     return Progress(len(scores), counts, best, span.get("min"), span.get("max"))
+
+
+def format_duration(seconds: float | None) -> str:
+    """``4m05s``, ``2h07m``; ``-`` for unknown."""
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

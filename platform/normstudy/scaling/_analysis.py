@@ -154,25 +154,23 @@ def power_law_fit(scales: Sequence[float], optima: Sequence[float]) -> PowerLaw:
     """
     from scipy import stats
 
+    from normstudy.report import fit_power_law
+
     if len(scales) != len(optima) or len(set(scales)) < 2:
         raise ValueError("a power-law fit needs two or more distinct scales")
     if min(*scales, *optima) <= 0:
         raise ValueError("a power-law fit needs positive scales and optima")
+    fit = fit_power_law(scales, optima)  # least squares in log-log: a, b, R²
     x, y = [math.log(v) for v in scales], [math.log(v) for v in optima]
-    fit = stats.linregress(x, y)
-    n = len(x)
-    interval = None
-    if n > 2:
-        stderr = float(fit.stderr)
-        if not math.isfinite(stderr):  # a constant optimum: linregress's r (and stderr) is nan
-            residuals = [v - fit.intercept - fit.slope * u for u, v in zip(x, y, strict=True)]
-            mean_x = statistics.fmean(x)
-            sxx = sum((u - mean_x) ** 2 for u in x)
-            stderr = math.sqrt(sum(r * r for r in residuals) / (n - 2) / sxx)
+    n, interval = len(x), None
+    if n > 2:  # b's interval: its standard error and the t distribution with n - 2 dof
+        residuals = [v - math.log(fit.a) - fit.b * u for u, v in zip(x, y, strict=True)]
+        mean_x = statistics.fmean(x)
+        sxx = sum((u - mean_x) ** 2 for u in x)
+        stderr = math.sqrt(sum(r * r for r in residuals) / (n - 2) / sxx)
         half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 2)) * stderr
-        interval = Interval(float(fit.slope) - half, float(fit.slope) + half)
-    r2 = float(fit.rvalue) ** 2 if math.isfinite(fit.rvalue) else 1.0
-    return PowerLaw(math.exp(float(fit.intercept)), float(fit.slope), interval, r2, n)
+        interval = Interval(fit.b - half, fit.b + half)
+    return PowerLaw(fit.a, fit.b, interval, fit.r2, n)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from normstudy.report import format_duration
 from normstudy.search._reconcile import _flat
 
 if TYPE_CHECKING:
@@ -15,14 +16,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 _REFRESH_S = 0.5
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _short(value: Any) -> str:
@@ -87,7 +80,7 @@ class LiveView(Callback):
             trial.trial_id,
             f"{epoch}/{self.epochs}" if epoch is not None else f"starting/{self.epochs}",
             f"{score:.4f}" if score is not None else "-",
-            _duration(self._eta(trial)),
+            format_duration(self._eta(trial)),
             shown,
         ]
 
@@ -95,7 +88,7 @@ class LiveView(Callback):
         from rich.console import Group
         from rich.table import Table
 
-        elapsed = _duration(time.monotonic() - self._started)
+        elapsed = format_duration(time.monotonic() - self._started)
         if self._phase:
             return f"{self._phase} ({elapsed})"
         counts: dict[str, int] = {}
