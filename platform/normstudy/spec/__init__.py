@@ -2,7 +2,7 @@
 
 from normstudy.spec._distributions import Distribution
 from normstudy.spec._load import SpecError, apply_override, load_spec, parse_override, validate_data
-from normstudy.spec._metrics import metric_catalogue
+from normstudy.spec._metrics import metric_catalogue, study_metrics
 from normstudy.spec._model import (
     DatasetSpec,
     ModelSpec,
@@ -28,5 +28,6 @@ __all__ = [
     "parse_override",
     "resolve_config",
     "set_dotted",
+    "study_metrics",
     "validate_data",
 ]

@@ -1,0 +1,154 @@
+"""Compaction: finished trials' files become one part file, so reading a study opens few files.
+
+Order of the steps (each write atomic), so that an interruption anywhere loses and duplicates
+nothing for normstudy's reader (see `normstudy.results._files`): (1) write the new part;
+(2) rewrite, under new numbers, the older parts holding copies that are no longer the trial's
+latest (then delete them); (3) delete the trials' own files. Running it again finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from normstudy.results._files import PART, Listing, list_files, part_trials, read_trial_file
+from normstudy.results._schema import common_type, conform, order_columns
+from normstudy.results._schema_file import TRIALS_KEY, load_schema, with_metadata
+from normstudy.storage import Location, as_location
+
+ROW_GROUP = 65_536
+
+
+def compact(
+    results_dir: str | Path | Location,
+    trials: Iterable[str] | None = None,
+    *,
+    schema: pa.Schema | None = None,
+) -> Location | None:
+    """Moves finished trials (status other than running) from their own files into a new part.
+
+    Args:
+        results_dir: The results folder.
+        trials: Only these trials (default: every trial file).
+        schema: The dataset's schema (default: the stored one; a dataset without one is
+            left as it is: a study run migrates it first).
+
+    Returns:
+        The new part, or None when there was nothing to move.
+    """
+    directory = as_location(results_dir)
+    schema = schema or load_schema(directory)[0]
+    if schema is None:
+        return None
+    listing = list_files(directory)
+    wanted = sorted(listing.trials if trials is None else set(trials) & set(listing.trials))
+    tables = {t: read_trial_file(listing.trials[t], schema) for t in wanted}
+    moved = [t for t, table in tables.items() if table is not None and _finished(table)]
+    if not moved:
+        return None
+    number = _next_number(listing)
+    part = directory / f"part-{number:06d}.parquet"
+    write_part(part, (tables[t] for t in moved), moved, schema)
+    _rewrite_parts(directory, listing, schema, number + 1)
+    for trial_id in moved:
+        listing.trials[trial_id].delete()
+    return part
+
+
+def _finished(table: pa.Table) -> bool:
+    return table.num_rows > 0 and "running" not in pc.unique(table["status"]).to_pylist()
+
+
+def _next_number(listing: Listing) -> int:
+    numbers = [int(m[1]) for p in listing.parts if (m := PART.match(p.name))]
+    return max(numbers, default=0) + 1
+
+
+def _rewrite_parts(directory: Location, listing: Listing, schema: pa.Schema, number: int) -> None:
+    """Rewrites, under new numbers, each part that holds copies no longer a trial's latest
+    (its latest rows are in its own file or a later part) or that is not typed by ``schema``,
+    so that every file has the study's schema and a plain glob sees each row once."""
+    newer = set(listing.trials)
+    plain = schema.remove_metadata()
+    for part in reversed(listing.parts):
+        with part.fs.open_input_file(part.fs_path) as file:
+            parquet = pq.ParquetFile(file)
+            held = part_trials(parquet)
+            stale, newer = held & newer, newer | held
+            typed = parquet.schema_arrow.remove_metadata().equals(plain)
+            if typed and not stale:
+                continue
+            keep = sorted(held - stale)
+            if keep:
+                skip = pa.array(sorted(stale), pa.string())
+                batches = (
+                    pa.Table.from_batches([b]).filter(pc.invert(pc.is_in(b["trial_id"], skip)))
+                    for b in parquet.iter_batches(batch_size=ROW_GROUP)
+                )
+                write_part(directory / f"part-{number:06d}.parquet", batches, keep, schema)
+                number += 1
+        part.delete()
+
+
+def conform_files(results_dir: Location, schema: pa.Schema) -> None:
+    """Rewrites every file not typed by ``schema`` (a column added or widened) to it."""
+    listing = list_files(results_dir)
+    plain = schema.remove_metadata()
+    for file in listing.trials.values():
+        try:
+            table = pq.read_table(pa.BufferReader(file.read_bytes()))
+        except (FileNotFoundError, pa.ArrowInvalid):
+            continue  # gone, or damaged (the reader names it)
+        if not table.schema.remove_metadata().equals(plain):
+            typed = conform(table, schema).replace_schema_metadata(with_metadata(schema).metadata)
+            file.write_bytes(parquet_bytes(typed))
+    _rewrite_parts(results_dir, listing, schema, _next_number(listing))
+
+
+def merge_schemas(schemas: Iterable[pa.Schema]) -> pa.Schema:
+    """The union of the columns, each of their common type (int with float -> float64), in
+    the results' column order; columns only ever null are left out."""
+    types: dict[str, list[pa.DataType]] = {}
+    for schema in schemas:
+        for f in schema:
+            types.setdefault(f.name, []).append(f.type)
+    merged = {n: common_type(t) for n, t in types.items()}
+    names = order_columns(n for n, t in merged.items() if not pa.types.is_null(t))
+    return pa.schema([pa.field(n, merged[n]) for n in names])
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return bytes(buffer.getvalue().to_pybytes())
+
+
+def write_part(
+    part: Location, tables: Iterable[pa.Table], trials: list[str], schema: pa.Schema
+) -> None:
+    """Writes ``tables`` (conformed to ``schema``) as one Parquet file in row groups of
+    `ROW_GROUP` rows, with the trial list in its metadata; atomically."""
+    full = with_metadata(schema)
+    full = full.with_metadata({**(full.metadata or {}), TRIALS_KEY: json.dumps(sorted(trials))})
+    buffer = pa.BufferOutputStream()
+    with pq.ParquetWriter(buffer, full) as writer:
+        for table in _regrouped(conform(t, schema) for t in tables):
+            writer.write_table(table.replace_schema_metadata(full.metadata), ROW_GROUP)
+    part.write_bytes(buffer.getvalue().to_pybytes())
+
+
+def _regrouped(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """Small tables gathered into tables of about `ROW_GROUP` rows (few, large row groups)."""
+    pending: list[pa.Table] = []
+    for table in tables:
+        pending.append(table)
+        if sum(t.num_rows for t in pending) >= ROW_GROUP:
+            yield pa.concat_tables(pending)
+            pending = []
+    if pending:
+        yield pa.concat_tables(pending)
