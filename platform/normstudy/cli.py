@@ -224,14 +224,23 @@ def run(
 
 def _print_best(spec, paths, top: int, fmt: Literal["table", "json"]) -> None:  # type: ignore[no-untyped-def]
     from normstudy.report import best_table
-    from normstudy.results import read_results, trial_scores
 
     metric, mode = spec.search.metrics[0], spec.search.modes[0]
-    scores = trial_scores(read_results(paths.results), metric, mode)
+    scores = _scores(paths, metric, mode)
     if fmt == "table":
         out.print(f"best {metric} ({mode}) over epochs, per trial:")
     searched = list(spec.search.space)
     out.print(best_table(scores, top, fmt, searched=searched), highlight=False, soft_wrap=True)
+
+
+def _scores(paths, metric: str, mode: str):  # type: ignore[no-untyped-def]
+    from normstudy.results import read_scores
+    from normstudy.storage import StorageError
+
+    try:
+        return read_scores(paths.results, metric, mode)  # type: ignore[arg-type]
+    except (ValueError, StorageError) as e:  # an unknown metric, a newer results version
+        _fail(str(e))
 
 
 @app.command()
@@ -268,14 +277,13 @@ def report(
 ) -> None:
     """Export the study's tables (per trial, per configuration over seeds) to files."""
     from normstudy.report import write_report
-    from normstudy.results import read_results
 
     bad = [f for f in format_ if f not in ("md", "csv", "latex", "html")]
     if bad:
         _fail(f"--format {bad[0]!r}: choose md, csv, latex or html")
     paths, spec = _study_spec(study, home)
-    table = read_results(paths.results)
-    if table.num_rows == 0:
+    scores = _scores(paths, spec.search.metrics[0], spec.search.modes[0])
+    if not scores:
         _fail(f"study {study!r} has no results yet in {paths.results}")
     formats = cast(list[Literal["md", "csv", "latex", "html"]], format_)
     from normstudy.spec import SpecError, parse_override
@@ -287,7 +295,7 @@ def report(
     try:
         written = write_report(
             study,
-            table,
+            scores,
             spec.search.metrics[0],
             spec.search.modes[0],
             out_dir or Path("reports") / study,
@@ -298,6 +306,36 @@ def report(
         _fail(str(e))
     for path in written:
         out.print(f"wrote {path}")
+
+
+@app.command()
+def export(
+    study: str,
+    home: HomeOpt = None,
+    format_: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl")] = "parquet",
+    out_file: Annotated[
+        str | None,
+        typer.Option("--out", help="File, local or s3:// / gs:// (default ./STUDY.FORMAT)."),
+    ] = None,
+    per_trial: Annotated[
+        bool, typer.Option(help="One row per trial: its best epoch by the study's metric.")
+    ] = False,
+) -> None:
+    """One file with the study's rows (typed as stored), for pandas, R, DuckDB, a spreadsheet."""
+    from normstudy.results import EXPORT_FORMATS, export_results
+    from normstudy.storage import StorageError, as_location
+
+    if format_ not in EXPORT_FORMATS:
+        _fail(f"--format {format_!r}: choose {', '.join(EXPORT_FORMATS)}")
+    paths, spec = _study_spec(study, home)
+    objective = (spec.search.metrics[0], spec.search.modes[0]) if per_trial else None
+    name = f"{study}-trials" if per_trial else study
+    try:
+        target = as_location(out_file or f"{name}.{format_}")
+        rows = export_results(paths.results, target, format_, per_trial=objective)  # type: ignore[arg-type]
+    except (ValueError, StorageError) as e:
+        _fail(str(e))
+    out.print(f"wrote {rows} rows to {target}", highlight=False)
 
 
 @app.command()

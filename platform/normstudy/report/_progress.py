@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from normstudy.results import read_results, trial_scores
+from normstudy.results import read_scores
 
 if TYPE_CHECKING:
     from normstudy.results._dataset import Mode
@@ -22,6 +22,6 @@ class Progress:
 
 def study_progress(results: Location, metric: str, mode: Mode) -> Progress:
     """Trials with rows, counted by their latest status, and the best score among them."""
-    scores = trial_scores(read_results(results), metric, mode)
+    scores = read_scores(results, metric, mode)
     best = next((s.score for s in scores if s.score is not None), None)
     return Progress(len(scores), dict(Counter(s.status or "?" for s in scores)), best)

@@ -8,7 +8,7 @@ aggregates as mean ± sample std over seeds. CSV holds the raw, unscaled values.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ ALPHA = 0.05
 
 
 def summary_tables(
-    table: pa.Table,
+    table: pa.Table | Sequence[TrialScore],
     metric: str,
     mode: Mode,
     *,
@@ -49,7 +49,8 @@ def summary_tables(
     """The per-trial (``trials``) and per-configuration (``configs``) tables of a study.
 
     Args:
-        table: The results (see `normstudy.results.read_results`).
+        table: The results (see `normstudy.results.read_results`), or their per-trial scores
+            for ``metric`` (see `normstudy.results.read_scores`).
         metric: The selection metric; a trial's score is its best value over epochs.
         mode: "max" or "min".
         baseline: Config values (dotted keys, ``config.`` prefix optional) singling out the
@@ -58,8 +59,13 @@ def summary_tables(
         statuses: Trial statuses aggregated in ``configs`` (``trials`` lists every trial).
         study: Named in the captions.
     """
-    scores = trial_scores(table, metric, mode)
-    tests = [c for c in ("test/acc", "test/loss") if c in table.column_names]
+    if isinstance(table, pa.Table):
+        scores = trial_scores(table, metric, mode)
+        names = set(table.column_names)
+    else:
+        scores = list(table)
+        names = {k for s in scores for k in s.test}
+    tests = [c for c in ("test/acc", "test/loss") if c in names]
     return {
         "trials": _trials_table(scores, metric, tests, study),
         "configs": _configs_table(scores, metric, mode, tests, baseline, set(statuses), study),
@@ -68,7 +74,7 @@ def summary_tables(
 
 def write_report(
     study: str,
-    table: pa.Table,
+    table: pa.Table | Sequence[TrialScore],
     metric: str,
     mode: Mode,
     out_dir: str | Path,
@@ -81,7 +87,8 @@ def write_report(
 
     Args:
         study: Named in the captions.
-        table: The results; metric, mode, baseline, statuses as in `summary_tables`.
+        table: The results or their scores; metric, mode, baseline, statuses as in
+            `summary_tables`.
         metric: The selection metric.
         mode: "max" or "min".
         out_dir: Where to write; each file is replaced atomically.

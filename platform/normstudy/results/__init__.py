@@ -16,6 +16,8 @@ from normstudy.results._dataset import (
     score_table,
     trial_scores,
 )
+from normstudy.results._export import FORMATS as EXPORT_FORMATS
+from normstudy.results._export import export_results
 from normstudy.results._schema import (
     BASE_SCHEMA,
     STATUSES,
@@ -31,6 +33,7 @@ from normstudy.results._spec_schema import study_schema
 
 __all__ = [
     "BASE_SCHEMA",
+    "EXPORT_FORMATS",
     "SCHEMA_FILE",
     "SCHEMA_VERSION",
     "STATUSES",
@@ -40,6 +43,7 @@ __all__ = [
     "TrialScore",
     "compact",
     "concat_promoted",
+    "export_results",
     "flatten_config",
     "make_row",
     "order_columns",
