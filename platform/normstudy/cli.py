@@ -207,7 +207,7 @@ def run(
             f"{spec.name}" + (f" --home {home_dir}" if home else ""),
             highlight=False,
         )
-    _print_best(spec, outcome.paths, top, "table")
+    _print_best(spec.search, outcome.paths, top, "table")
     out.print(f"results: {outcome.paths.results}")
     if outcome.interrupted:
         err.print(
@@ -222,23 +222,23 @@ def run(
         _fail(f"{len(outcome.errored)} trials failed: {', '.join(outcome.errored)}", code=1)
 
 
-def _print_best(spec, paths, top: int, fmt: Literal["table", "json"]) -> None:  # type: ignore[no-untyped-def]
+def _print_best(search, paths, top: int, fmt: Literal["table", "json"]) -> None:  # type: ignore[no-untyped-def]
     from normstudy.report import best_table
 
-    metric, mode = spec.search.metrics[0], spec.search.modes[0]
-    scores = _scores(paths, metric, mode)
+    metric, mode = search.metrics[0], search.modes[0]
+    searched = list(search.space)
+    scores = _scores(paths, metric, mode, keys=searched)
     if fmt == "table":
         out.print(f"best {metric} ({mode}) over epochs, per trial:")
-    searched = list(spec.search.space)
     out.print(best_table(scores, top, fmt, searched=searched), highlight=False, soft_wrap=True)
 
 
-def _scores(paths, metric: str, mode: str):  # type: ignore[no-untyped-def]
+def _scores(paths, metric: str, mode: str, keys: list[str] | None = None):  # type: ignore[no-untyped-def]
     from normstudy.results import read_scores
     from normstudy.storage import StorageError
 
     try:
-        return read_scores(paths.results, metric, mode)  # type: ignore[arg-type]
+        return read_scores(paths.results, metric, mode, keys=keys)  # type: ignore[arg-type]
     except (ValueError, StorageError) as e:  # an unknown metric, a newer results version
         _fail(str(e))
 
@@ -253,8 +253,20 @@ def best(
     """The best trials of a study by its metric (read from the Parquet results)."""
     if format_ not in ("table", "json"):
         _fail(f"--format must be table or json, got {format_!r}")
-    paths, spec = _study_spec(study, home)
-    _print_best(spec, paths, top, cast(Literal["table", "json"], format_))
+    from normstudy.home import StudyPaths
+    from normstudy.spec import SpecError, load_search
+    from normstudy.storage import StorageError
+
+    paths = StudyPaths(_home(home), study)
+    try:  # only the search section: best must start fast
+        search = load_search(paths.spec_file)
+    except SpecError as e:
+        if not paths.spec_file.exists():
+            _fail(f"no study {study!r} in {paths.home} (run it first, or pass --home)")
+        _fail(str(e))
+    except StorageError as e:
+        _fail(str(e))
+    _print_best(search, paths, top, cast(Literal["table", "json"], format_))
 
 
 @app.command()

@@ -22,6 +22,6 @@ class Progress:
 
 def study_progress(results: Location, metric: str, mode: Mode) -> Progress:
     """Trials with rows, counted by their latest status, and the best score among them."""
-    scores = read_scores(results, metric, mode)
+    scores = read_scores(results, metric, mode, keys=())
     best = next((s.score for s in scores if s.score is not None), None)
     return Progress(len(scores), dict(Counter(s.status or "?" for s in scores)), best)

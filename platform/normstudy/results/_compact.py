@@ -47,13 +47,21 @@ def compact(
         return None
     listing = list_files(directory)
     wanted = sorted(listing.trials if trials is None else set(trials) & set(listing.trials))
-    tables = {t: read_trial_file(listing.trials[t], schema) for t in wanted}
-    moved = [t for t, table in tables.items() if table is not None and _finished(table)]
+    moved: list[str] = []
+
+    def finished() -> Iterator[pa.Table]:  # one trial at a time: memory stays bounded
+        for trial_id in wanted:
+            table = read_trial_file(listing.trials[trial_id], schema)
+            if table is not None and _finished(table):
+                moved.append(trial_id)
+                yield table
+
+    number = _next_number(listing)
+    data = part_bytes(finished(), moved, schema)
     if not moved:
         return None
-    number = _next_number(listing)
     part = directory / f"part-{number:06d}.parquet"
-    write_part(part, (tables[t] for t in moved), moved, schema)
+    part.write_bytes(data)
     _rewrite_parts(directory, listing, schema, number + 1)
     for trial_id in moved:
         listing.trials[trial_id].delete()
@@ -131,15 +139,20 @@ def parquet_bytes(table: pa.Table) -> bytes:
 def write_part(
     part: Location, tables: Iterable[pa.Table], trials: list[str], schema: pa.Schema
 ) -> None:
-    """Writes ``tables`` (conformed to ``schema``) as one Parquet file in row groups of
-    `ROW_GROUP` rows, with the trial list in its metadata; atomically."""
-    full = with_metadata(schema)
-    full = full.with_metadata({**(full.metadata or {}), TRIALS_KEY: json.dumps(sorted(trials))})
+    """Writes ``tables`` as one part holding ``trials``, atomically (see `part_bytes`)."""
+    part.write_bytes(part_bytes(tables, trials, schema))
+
+
+def part_bytes(tables: Iterable[pa.Table], trials: list[str], schema: pa.Schema) -> bytes:
+    """``tables`` (conformed to ``schema``) as one Parquet file in row groups of `ROW_GROUP`
+    rows; ``trials`` (read once the tables are consumed) goes into its metadata."""
+    typed = with_metadata(schema)
     buffer = pa.BufferOutputStream()
-    with pq.ParquetWriter(buffer, full) as writer:
+    with pq.ParquetWriter(buffer, typed) as writer:
         for table in _regrouped(conform(t, schema) for t in tables):
-            writer.write_table(table.replace_schema_metadata(full.metadata), ROW_GROUP)
-    part.write_bytes(buffer.getvalue().to_pybytes())
+            writer.write_table(table.replace_schema_metadata(typed.metadata), ROW_GROUP)
+        writer.add_key_value_metadata({TRIALS_KEY: json.dumps(sorted(trials))})
+    return bytes(buffer.getvalue().to_pybytes())
 
 
 def _regrouped(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from normstudy.results._files import (
@@ -133,10 +134,40 @@ def trial_scores(table: pa.Table, metric: str, mode: Mode) -> list[TrialScore]:
     return to_scores(_reduce(table, metric, mode))
 
 
-def read_scores(results_dir: str | Path | Location, metric: str, mode: Mode) -> list[TrialScore]:
+def read_scores(
+    results_dir: str | Path | Location,
+    metric: str,
+    mode: Mode,
+    *,
+    keys: Iterable[str] | None = None,
+) -> list[TrialScore]:
     """`trial_scores` of a results directory, reading only the columns it needs, in batches
-    (memory grows with the number of trials, not of rows)."""
-    return to_scores(score_table(results_dir, metric, mode))
+    (memory grows with the number of trials, not of rows).
+
+    Args:
+        results_dir: The results folder.
+        metric: The metric; a trial's score is its best value over its epochs.
+        mode: "max" or "min".
+        keys: When given, each score's config holds only the keys whose values differ
+            between trials and these (dotted, no ``config.`` prefix): what a table of the
+            best trials shows, without a dict of every key for every trial.
+    """
+    table = score_table(results_dir, metric, mode)
+    if keys is not None:
+        table = _varying(table, {f"config.{k}" for k in keys})
+    return to_scores(table)
+
+
+def _varying(table: pa.Table, kept: set[str]) -> pa.Table:
+    """Without the config columns that hold one value (null counts) in every row."""
+    constant = [
+        n
+        for n in table.column_names
+        if n.startswith("config.")
+        and n not in kept
+        and pc.count_distinct(table[n], mode="all").as_py() <= 1
+    ]
+    return table.drop_columns(constant)
 
 
 def score_table(results_dir: str | Path | Location, metric: str, mode: Mode) -> pa.Table:
@@ -151,7 +182,8 @@ def score_table(results_dir: str | Path | Location, metric: str, mode: Mode) -> 
         reducer = _reducer(schema, metric, mode, True)
         wanted = ["trial_id", "epoch", "status", metric, *reducer.carried]
         names = [n for n in wanted if n in schema.names]
-        for table in iter_tables(list_files(directory), schema, names):
+        strings = [n for n in names[1:] if pa.types.is_string(schema.field(n).type)]
+        for table in iter_tables(list_files(directory), schema, names, strings):
             if metric not in table.column_names:
                 table = table.append_column(metric, pa.nulls(len(table), pa.float64()))
             reducer.add(table)

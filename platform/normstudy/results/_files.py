@@ -12,7 +12,7 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -68,14 +68,25 @@ def retrying(read: Callable[[], T]) -> T:
 
 
 def iter_tables(
-    listing: Listing, schema: pa.Schema, columns: list[str] | None = None
+    listing: Listing,
+    schema: pa.Schema,
+    columns: list[str] | None = None,
+    dictionary: Iterable[str] = (),
 ) -> Iterator[pa.Table]:
     """Every trial's rows, typed by ``schema`` (only ``columns``), in tables of bounded size.
 
-    Damaged files are left out with a `DamagedResultWarning`; a file that vanished raises
-    `_Vanished` (see `retrying`).
+    String columns named in ``dictionary`` come dictionary-encoded (as Parquet stores them:
+    a config value repeated on every row of a trial costs an index, not a string). Damaged
+    files are left out with a `DamagedResultWarning`; a file that vanished raises `_Vanished`
+    (see `retrying`).
     """
-    target = pa.schema([schema.field(c) for c in columns]) if columns else schema
+    encoded = set(dictionary)
+    target = pa.schema(
+        [
+            pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in encoded else f
+            for f in (schema.field(c) for c in columns or schema.names)
+        ]
+    )
     pending: list[pa.Table] = []
     for table in _trial_tables(listing, target):
         pending.append(table)
@@ -119,7 +130,9 @@ def _read_whole(file: Location, target: pa.Schema) -> pa.Table | Exception | Non
     try:
         for attempt in range(2):
             try:
-                parquet = pq.ParquetFile(pa.BufferReader(file.read_bytes()))
+                parquet = pq.ParquetFile(
+                    pa.BufferReader(file.read_bytes()), read_dictionary=_encoded(target)
+                )
                 present = [n for n in target.names if n in parquet.schema_arrow.names]
                 return conform(parquet.read(columns=present), target)
             except pa.ArrowInvalid as e:  # a store answering inconsistently: ask once more
@@ -138,7 +151,7 @@ def _part_tables(part: Location, target: pa.Schema, seen: set[str]) -> Iterator[
     trials. Parts never change once written, so reading them in ranged parts is safe."""
     try:
         with part.fs.open_input_file(part.fs_path) as file:
-            parquet = pq.ParquetFile(file)
+            parquet = pq.ParquetFile(file, read_dictionary=_encoded(target))
             trials = part_trials(parquet)
             present = [n for n in target.names if n in parquet.schema_arrow.names]
             skip = pa.array(sorted(seen & trials), pa.string())
@@ -156,9 +169,13 @@ def _part_tables(part: Location, target: pa.Schema, seen: set[str]) -> Iterator[
         _warn_damaged(part, e)
 
 
+def _encoded(target: pa.Schema) -> list[str]:
+    return [f.name for f in target if pa.types.is_dictionary(f.type)]
+
+
 def part_trials(parquet: pq.ParquetFile) -> set[str]:
     """The trials a part holds, from its metadata (else from its trial_id column)."""
-    metadata = parquet.schema_arrow.metadata or {}
+    metadata = parquet.metadata.metadata or {}
     if TRIALS_KEY in metadata:
         return set(json.loads(metadata[TRIALS_KEY]))
     return set(pc.unique(parquet.read(columns=["trial_id"])["trial_id"]).to_pylist())

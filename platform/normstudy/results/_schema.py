@@ -179,11 +179,14 @@ def common_type(dtypes: Iterable[pa.DataType]) -> pa.DataType:
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with exactly the columns of ``schema``: missing ones null, others cast."""
+    if table.schema.equals(schema):
+        return table
+    index = {name: i for i, name in enumerate(table.column_names)}
     columns = []
     for f in schema:
-        if f.name not in table.column_names:
+        if f.name not in index:
             columns.append(pa.nulls(table.num_rows, f.type))
         else:
-            column = table[f.name]
+            column = table.column(index[f.name])
             columns.append(column if column.type == f.type else column.cast(f.type))
     return pa.Table.from_arrays(columns, schema=schema)

@@ -3,7 +3,8 @@
 Rows arrive in tables of bounded size; each is reduced to a few rows per trial (its epoch
 count, latest epoch and status, best value with the earliest epoch reaching it, and its latest
 rows for the per-trial columns), and those partial results are reduced again at the end.
-Only one row per trial ever reaches Python.
+Each reduction sorts by trial and takes the first or last row of each trial's run. Only one
+row per trial ever reaches Python.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -41,53 +43,92 @@ class ScoreReducer:
     def add(self, table: pa.Table) -> None:
         if not table.num_rows:
             return
-        table = table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")])
-        stats = _ordered(table, [("epoch", "max"), ("epoch", "count"), ("status", "last")])
-        stats = stats.rename_columns(_STATS)
-        self._stats.append(stats)
-        self._best.append(_best(table, self.metric, "epoch", self.mode))
+        # Sort only the narrow columns; the wide per-trial ones are filtered down first.
+        narrow = table.select(["trial_id", "epoch", "status", self.metric])
+        order = pc.sort_indices(narrow, [("trial_id", "ascending"), ("epoch", "ascending")])
+        narrow = narrow.take(order)
+        starts, ends = _runs(narrow["trial_id"])
+        last = narrow.take(ends - 1)
+        counts = pa.array(ends - starts, pa.int64())
+        stats = [last["trial_id"], last["epoch"], counts, last["status"]]
+        self._stats.append(pa.table(stats, names=_STATS))
+        self._best.append(_best(narrow, self.metric, "epoch", self.mode))
         # The trial's latest row in this table (per-trial values) and rows with test metrics
         # (reported for each new best model): the latest value of each is among them.
-        latest = pc.take(stats["last_epoch"], pc.index_in(table["trial_id"], stats["trial_id"]))
-        keep = pc.equal(table["epoch"], latest)
+        latest = np.repeat(last["epoch"].to_numpy(), ends - starts)
+        is_latest = np.zeros(len(table), bool)
+        is_latest[order.to_numpy()] = narrow["epoch"].to_numpy() == latest
+        keep = pa.array(is_latest)
         for name in self._tests:
             keep = pc.or_(keep, pc.is_valid(table[name]))
-        self._rows.append(table.filter(keep).select(["trial_id", "epoch", *self.carried]))
+        self._rows.append(table.select(["trial_id", "epoch", *self.carried]).filter(keep))
 
     def result(self) -> pa.Table:
         """trial_id, seed, status, score, best_epoch, epochs, attempts, error, config.*, test/*:
         ranked best first (ties by trial_id), trials without a score last."""
         if not self._stats:
-            return _empty(self.carried)
-        stats = pa.concat_tables(self._stats).sort_by(
-            [("trial_id", "ascending"), ("last_epoch", "ascending")]
-        )
-        stats = _ordered(stats, [("last_epoch", "max"), ("epochs", "sum"), ("status", "last")])
+            return _empty()
+        stats = _sorted(pa.concat_tables(self._stats), ("last_epoch", "ascending"))
+        starts, ends = _runs(stats["trial_id"])
+        epochs = np.add.reduceat(stats["epochs"].to_numpy(), starts)
+        last = stats.take(ends - 1)
+        trials = last["trial_id"]
+        columns = {"trial_id": trials, "status": last["status"]}
         best = _best(pa.concat_tables(self._best), "score", "best_epoch", self.mode)
-        rows = pa.concat_tables(self._rows).sort_by(
-            [("trial_id", "ascending"), ("epoch", "ascending")]
+        at = pc.index_in(trials, value_set=best["trial_id"])
+        columns.update(score=best["score"].take(at), best_epoch=best["best_epoch"].take(at))
+        columns["epochs"] = pa.array(epochs, pa.int64())
+        rows = _sorted(pa.concat_tables(self._rows), ("epoch", "ascending"))
+        for name in self.carried:
+            columns[name] = _latest(rows, name, trials)
+        order = ["trial_id", "seed", "status", "score", "best_epoch", "epochs", "attempts"]
+        names = [n for n in [*order, "error"] if n in columns] + _rest(self.carried)
+        table = pa.table([_decoded(columns[n]) for n in names], names=names)
+        direction = "descending" if self.mode == "max" else "ascending"
+        unscored = pc.is_null(table["score"])
+        ranked = table.append_column("_unscored", unscored).sort_by(
+            [("_unscored", "ascending"), ("score", direction), ("trial_id", "ascending")]
         )
-        values = _ordered(rows, [(c, "last") for c in self.carried])
-        joined = stats.rename_columns(_STATS).join(best, "trial_id").join(values, "trial_id")
-        order = "descending" if self.mode == "max" else "ascending"
-        unscored = joined.append_column("unscored", pc.is_null(joined["score"]))
-        ranked = unscored.sort_by(
-            [("unscored", "ascending"), ("score", order), ("trial_id", "ascending")]
-        )
-        head = ["trial_id", "seed", "status", "score", "best_epoch", "epochs", "attempts", "error"]
-        return ranked.select([c for c in head if c in ranked.column_names] + _rest(self.carried))
+        return ranked.drop_columns(["_unscored"])
+
+
+def _decoded(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A dictionary-encoded column (see `iter_tables`) as plain values."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
 
 
 def _rest(carried: list[str]) -> list[str]:
     return [c for c in carried if c not in ("seed", "attempts", "error")]
 
 
-def _ordered(table: pa.Table, aggregations: list[tuple[str, str]]) -> pa.Table:
-    """Per-trial aggregates in row order (``last`` is the last non-null value), trial_id first."""
-    grouped = table.group_by("trial_id", use_threads=False).aggregate(aggregations)
-    names = [c for c in grouped.column_names if c != "trial_id"]
-    plain = [n for n, _ in aggregations]
-    return grouped.select(["trial_id", *names]).rename_columns(["trial_id", *plain])
+def _sorted(table: pa.Table, *then: tuple[str, str]) -> pa.Table:
+    """By trial_id, then ``then``: each trial's rows in one run (see `_runs`)."""
+    return table.sort_by([("trial_id", "ascending"), *then])
+
+
+def _runs(keys: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) rows of each run of equal keys in a sorted column.
+
+    Runs of a sorted column, not Arrow's group_by: Acero's import pulls in pandas, which
+    would cost `normstudy best` about half a second of its start.
+    """
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    n = len(keys)
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    change = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.concatenate([[True], change]))
+    return starts, np.append(starts[1:], n).astype(np.int64)
+
+
+def _latest(rows: pa.Table, name: str, trials: pa.Array) -> pa.Array:
+    """Each trial's last non-null value of ``name`` (rows sorted by trial_id, epoch)."""
+    valid = rows.select(["trial_id", name]).filter(pc.is_valid(rows[name]))
+    _, ends = _runs(valid["trial_id"])
+    last = valid.take(ends - 1)
+    return last[name].take(pc.index_in(trials, value_set=last["trial_id"]))
 
 
 def _best(table: pa.Table, value: str, epoch: str, mode: Mode) -> pa.Table:
@@ -95,12 +136,13 @@ def _best(table: pa.Table, value: str, epoch: str, mode: Mode) -> pa.Table:
     column = table[value].cast(pa.float64())
     valid = table.filter(pc.and_(pc.is_valid(column), pc.invert(pc.is_nan(column))))
     order = "descending" if mode == "max" else "ascending"
-    valid = valid.sort_by([("trial_id", "ascending"), (value, order), (epoch, "ascending")])
-    best = _ordered(valid, [(value, "first"), (epoch, "first")])
-    return best.rename_columns(["trial_id", "score", "best_epoch"])
+    valid = _sorted(valid, (value, order), (epoch, "ascending"))
+    first = valid.take(_runs(valid["trial_id"])[0])
+    names = ["trial_id", "score", "best_epoch"]
+    return pa.table([first["trial_id"], first[value].cast(pa.float64()), first[epoch]], names=names)
 
 
-def _empty(carried: list[str]) -> pa.Table:
+def _empty() -> pa.Table:
     fields = [
         pa.field("trial_id", pa.string()),
         pa.field("status", pa.string()),
