@@ -130,7 +130,7 @@ def test_other_tools_open_the_study_and_agree_with_best(
     results = tmp_path / "results"
     sink = _fill(spec, results)
     if compacted:
-        assert sink.compact() is not None  # t7 still runs: its own file stays
+        assert sink.compact()  # t7 still runs: its own file stays
         assert sorted(p.name for p in results.glob("*.parquet")) == [
             "part-000001.parquet",
             "t7.parquet",
@@ -222,6 +222,36 @@ def test_interrupted_compaction_loses_and_duplicates_nothing(
     assert _rows_of(tmp_path) == before
 
 
+def test_large_compactions_split_into_parts_and_survive_a_crash_between_them(
+    spec: StudySpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normstudy.results import _compact
+
+    sink = _fill(spec, tmp_path)
+    before = _rows_of(tmp_path)
+    monkeypatch.setattr(_compact, "PART_ROWS", 4)  # two trials of 3 rows per part
+    written = []
+
+    def second_fails(self: Location, data: bytes) -> None:
+        if self.name.startswith("part-") and written:
+            raise OSError("killed")
+        written.append(self.name)
+        self.local_path.write_bytes(data)
+
+    monkeypatch.setattr(Location, "write_bytes", second_fails)
+    with pytest.raises(OSError, match="killed"):
+        sink.compact()
+    assert written == ["part-000001.parquet"] and _rows_of(tmp_path) == before
+    monkeypatch.setattr(Location, "write_bytes", _write_bytes)
+    parts = sink.compact()
+    assert [p.name for p in parts] == [f"part-00000{i}.parquet" for i in (2, 3, 4, 5)]
+    assert not (tmp_path / "part-000001.parquet").exists()  # its copies were stale
+    assert _rows_of(tmp_path) == before
+
+
+_write_bytes = Location.write_bytes
+
+
 def test_a_compacted_trial_resumes_from_its_part(spec: StudySpec, tmp_path: Path) -> None:
     sink = _fill(spec, tmp_path)
     sink.compact()
@@ -273,8 +303,7 @@ def test_a_version_1_dataset_is_read_and_migrated(spec: StudySpec, tmp_path: Pat
 
 def test_a_damaged_part_is_named_and_left_out(spec: StudySpec, tmp_path: Path) -> None:
     sink = _fill(spec, tmp_path)
-    part = sink.compact()
-    assert part is not None
+    [part] = sink.compact()
     data = part.read_bytes()
     part.write_bytes(data[: len(data) // 2])
     with warnings.catch_warnings(record=True) as caught:
@@ -311,7 +340,7 @@ def test_compaction_and_reading_on_s3(spec: StudySpec, request: pytest.FixtureRe
     results = as_location(f"s3://{s3.bucket}/results-test/{uuid.uuid4().hex}")
     sink = _fill(spec, results)
     before = read_results(results).num_rows
-    assert sink.compact() is not None
+    assert sink.compact()
     assert sorted(f.name for f in results.files(".parquet")) == [
         "part-000001.parquet",
         "t7.parquet",

@@ -22,6 +22,8 @@ from normstudy.results._schema_file import TRIALS_KEY, load_schema, with_metadat
 from normstudy.storage import Location, as_location
 
 ROW_GROUP = 65_536
+PART_ROWS = 1_000_000
+"""Rows of a part, about: it is built in memory (100 to 200 MB for a million rows)."""
 
 
 def compact(
@@ -29,8 +31,9 @@ def compact(
     trials: Iterable[str] | None = None,
     *,
     schema: pa.Schema | None = None,
-) -> Location | None:
-    """Moves finished trials (status other than running) from their own files into a new part.
+) -> list[Location]:
+    """Moves finished trials (status other than running) from their own files into new parts
+    of at most about `PART_ROWS` rows each.
 
     Args:
         results_dir: The results folder.
@@ -39,37 +42,48 @@ def compact(
             left as it is: a study run migrates it first).
 
     Returns:
-        The new part, or None when there was nothing to move.
+        The new parts ([] when there was nothing to move).
     """
     directory = as_location(results_dir)
     schema = schema or load_schema(directory)[0]
     if schema is None:
-        return None
+        return []
     listing = list_files(directory)
     wanted = sorted(listing.trials if trials is None else set(trials) & set(listing.trials))
-    moved: list[str] = []
-
-    def finished() -> Iterator[pa.Table]:  # one trial at a time: memory stays bounded
-        for trial_id in wanted:
-            table = read_trial_file(listing.trials[trial_id], schema)
-            if table is not None and _finished(table):
-                moved.append(trial_id)
-                yield table
-
-    number = _next_number(listing)
-    data = part_bytes(finished(), moved, schema)
-    if not moved:
-        return None
-    part = directory / f"part-{number:06d}.parquet"
-    part.write_bytes(data)
-    _rewrite_parts(directory, listing, schema, number + 1)
+    pending = iter(wanted)
+    number, parts, moved = _next_number(listing), [], []
+    while True:
+        into: list[str] = []
+        data = part_bytes(_finished(pending, listing, schema, into), into, schema)
+        if not into:
+            break
+        parts.append(directory / f"part-{number:06d}.parquet")
+        parts[-1].write_bytes(data)
+        number, moved = number + 1, moved + into
+    if parts:
+        _rewrite_parts(directory, listing, schema, number)
     for trial_id in moved:
         listing.trials[trial_id].delete()
-    return part
+    return parts
 
 
-def _finished(table: pa.Table) -> bool:
-    return table.num_rows > 0 and "running" not in pc.unique(table["status"]).to_pylist()
+def _finished(
+    pending: Iterator[str], listing: Listing, schema: pa.Schema, into: list[str]
+) -> Iterator[pa.Table]:
+    """Finished trials' tables, one at a time (memory stays bounded), until `PART_ROWS`."""
+    rows = 0
+    for trial_id in pending:
+        table = read_trial_file(listing.trials[trial_id], schema)
+        if table is not None and table.num_rows and _is_finished(table):
+            into.append(trial_id)
+            yield table
+            rows += table.num_rows
+            if rows >= PART_ROWS:
+                return
+
+
+def _is_finished(table: pa.Table) -> bool:
+    return "running" not in pc.unique(table["status"]).to_pylist()
 
 
 def _next_number(listing: Listing) -> int:
@@ -158,10 +172,12 @@ def part_bytes(tables: Iterable[pa.Table], trials: list[str], schema: pa.Schema)
 def _regrouped(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
     """Small tables gathered into tables of about `ROW_GROUP` rows (few, large row groups)."""
     pending: list[pa.Table] = []
+    rows = 0
     for table in tables:
         pending.append(table)
-        if sum(t.num_rows for t in pending) >= ROW_GROUP:
+        rows += table.num_rows
+        if rows >= ROW_GROUP:
             yield pa.concat_tables(pending)
-            pending = []
+            pending, rows = [], 0
     if pending:
         yield pa.concat_tables(pending)

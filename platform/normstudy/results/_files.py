@@ -9,6 +9,7 @@ so a compaction interrupted at any point neither loses nor duplicates a row.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import warnings
@@ -88,11 +89,13 @@ def iter_tables(
         ]
     )
     pending: list[pa.Table] = []
+    rows = 0
     for table in _trial_tables(listing, target):
         pending.append(table)
-        if sum(t.num_rows for t in pending) >= _BATCH_ROWS:
+        rows += table.num_rows
+        if rows >= _BATCH_ROWS:
             yield pa.concat_tables(pending)
-            pending = []
+            pending, rows = [], 0
     if pending:
         yield pa.concat_tables(pending)
     seen = set(listing.trials)
@@ -102,7 +105,10 @@ def iter_tables(
 
 def _trial_tables(listing: Listing, target: pa.Schema) -> Iterator[pa.Table]:
     files = list(listing.trials.values())
-    with ThreadPoolExecutor(8) as pool:  # an object store answers many GETs at once
+    # An object store answers many GETs at once; a local disk is read as fast by one thread
+    # per core.
+    remote = bool(files) and not files[0].is_local
+    with ThreadPoolExecutor(16 if remote else os.cpu_count() or 1) as pool:
         for file, table in zip(
             files, pool.map(lambda f: _read_whole(f, target), files), strict=True
         ):
@@ -133,8 +139,9 @@ def _read_whole(file: Location, target: pa.Schema) -> pa.Table | Exception | Non
                 parquet = pq.ParquetFile(
                     pa.BufferReader(file.read_bytes()), read_dictionary=_encoded(target)
                 )
-                present = [n for n in target.names if n in parquet.schema_arrow.names]
-                return conform(parquet.read(columns=present), target)
+                present = _present(parquet, target)
+                # Files are small: Arrow's own threads would only contend with the pool's.
+                return conform(parquet.read(columns=present, use_threads=False), target)
             except pa.ArrowInvalid as e:  # a store answering inconsistently: ask once more
                 if attempt:
                     return e
@@ -153,7 +160,7 @@ def _part_tables(part: Location, target: pa.Schema, seen: set[str]) -> Iterator[
         with part.fs.open_input_file(part.fs_path) as file:
             parquet = pq.ParquetFile(file, read_dictionary=_encoded(target))
             trials = part_trials(parquet)
-            present = [n for n in target.names if n in parquet.schema_arrow.names]
+            present = _present(parquet, target)
             skip = pa.array(sorted(seen & trials), pa.string())
             seen |= trials
             for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=present):
@@ -167,6 +174,12 @@ def _part_tables(part: Location, target: pa.Schema, seen: set[str]) -> Iterator[
         if not part.exists():
             raise _Vanished(str(part)) from None
         _warn_damaged(part, e)
+
+
+def _present(parquet: pq.ParquetFile, target: pa.Schema) -> list[str]:
+    """The columns of ``target`` the file has (``schema_arrow`` is rebuilt on each access)."""
+    names = set(parquet.schema_arrow.names)
+    return [n for n in target.names if n in names]
 
 
 def _encoded(target: pa.Schema) -> list[str]:

@@ -209,12 +209,13 @@ class ResultsSink:
         if self.compact_every > 0 and len(self._finished) >= self.compact_every:
             self.compact(sorted(self._finished))
 
-    def compact(self, trials: Iterable[str] | None = None) -> Location | None:
-        """Moves finished trials (default: all) into a new part file; see `compact`."""
-        part = compact(self.results_dir, trials, schema=self.schema)
+    def compact(self, trials: Iterable[str] | None = None) -> list[Location]:
+        """Moves finished trials (default: all) into new part files; see `compact`."""
+        trials = None if trials is None else list(trials)
+        parts = compact(self.results_dir, trials, schema=self.schema)
         self._finished.clear() if trials is None else self._finished.difference_update(trials)
         self._parts = None
-        return part
+        return parts
 
     def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
         """``rows`` typed by the schema; new columns (or int columns given floats) extend it."""
