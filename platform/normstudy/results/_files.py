@@ -28,6 +28,7 @@ from normstudy.storage import Location
 
 PART = re.compile(r"^part-(\d{6})\.parquet$")
 _BATCH_ROWS = 65_536
+_WINDOW = 256
 _TRIES = 5
 T = TypeVar("T")
 
@@ -76,31 +77,33 @@ def iter_tables(
 ) -> Iterator[pa.Table]:
     """Every trial's rows, typed by ``schema`` (only ``columns``), in tables of bounded size.
 
-    String columns named in ``dictionary`` come dictionary-encoded (as Parquet stores them:
-    a config value repeated on every row of a trial costs an index, not a string). Damaged
-    files are left out with a `DamagedResultWarning`; a file that vanished raises `_Vanished`
-    (see `retrying`).
+    String columns named in ``dictionary`` come dictionary-encoded from parts (as Parquet
+    stores them: a config value repeated on every row of a trial costs an index, not a
+    string); trial files are small, and their many tables are gathered into one chunk each
+    batch. Damaged files are left out with a `DamagedResultWarning`; a file that vanished
+    raises `_Vanished` (see `retrying`).
     """
-    encoded = set(dictionary)
-    target = pa.schema(
-        [
-            pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in encoded else f
-            for f in (schema.field(c) for c in columns or schema.names)
-        ]
-    )
+    target = pa.schema([schema.field(c) for c in columns or schema.names])
     pending: list[pa.Table] = []
     rows = 0
     for table in _trial_tables(listing, target):
         pending.append(table)
         rows += table.num_rows
         if rows >= _BATCH_ROWS:
-            yield pa.concat_tables(pending)
+            yield pa.concat_tables(pending).combine_chunks()
             pending, rows = [], 0
     if pending:
-        yield pa.concat_tables(pending)
+        yield pa.concat_tables(pending).combine_chunks()
+    encoded = set(dictionary)
+    parts_target = pa.schema(
+        [
+            pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in encoded else f
+            for f in target
+        ]
+    )
     seen = set(listing.trials)
     for part in reversed(listing.parts):
-        yield from _part_tables(part, target, seen)
+        yield from _part_tables(part, parts_target, seen)
 
 
 def _trial_tables(listing: Listing, target: pa.Schema) -> Iterator[pa.Table]:
@@ -108,14 +111,16 @@ def _trial_tables(listing: Listing, target: pa.Schema) -> Iterator[pa.Table]:
     # An object store answers many GETs at once; a local disk is read as fast by one thread
     # per core.
     remote = bool(files) and not files[0].is_local
-    with ThreadPoolExecutor(16 if remote else os.cpu_count() or 1) as pool:
-        for file, table in zip(
-            files, pool.map(lambda f: _read_whole(f, target), files), strict=True
-        ):
-            if isinstance(table, Exception):
-                _warn_damaged(file, table)
-            elif table is not None:
-                yield table
+    workers = 16 if remote else os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(files), _WINDOW):  # bounds the tables read ahead
+            window = files[start : start + _WINDOW]
+            read = pool.map(lambda f: _read_whole(f, target), window)
+            for file, table in zip(window, read, strict=True):
+                if isinstance(table, Exception):
+                    _warn_damaged(file, table)
+                elif table is not None:
+                    yield table
 
 
 def read_trial_file(file: Location, target: pa.Schema) -> pa.Table | None:

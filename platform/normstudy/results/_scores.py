@@ -50,7 +50,7 @@ class ScoreReducer:
         starts, ends = _runs(narrow["trial_id"])
         last = narrow.take(ends - 1)
         counts = pa.array(ends - starts, pa.int64())
-        stats = [last["trial_id"], last["epoch"], counts, last["status"]]
+        stats = [last["trial_id"], last["epoch"], counts, _decoded(last["status"])]
         self._stats.append(pa.table(stats, names=_STATS))
         self._best.append(_best(narrow, self.metric, "epoch", self.mode))
         # The trial's latest row in this table (per-trial values) and rows with test metrics
@@ -61,7 +61,8 @@ class ScoreReducer:
         keep = pa.array(is_latest)
         for name in self._tests:
             keep = pc.or_(keep, pc.is_valid(table[name]))
-        self._rows.append(table.select(["trial_id", "epoch", *self.carried]).filter(keep))
+        rows = table.select(["trial_id", "epoch", *self.carried]).filter(keep)
+        self._rows.append(pa.table([_decoded(c) for c in rows.columns], names=rows.column_names))
 
     def result(self) -> pa.Table:
         """trial_id, seed, status, score, best_epoch, epochs, attempts, error, config.*, test/*:
@@ -83,7 +84,7 @@ class ScoreReducer:
             columns[name] = _latest(rows, name, trials)
         order = ["trial_id", "seed", "status", "score", "best_epoch", "epochs", "attempts"]
         names = [n for n in [*order, "error"] if n in columns] + _rest(self.carried)
-        table = pa.table([_decoded(columns[n]) for n in names], names=names)
+        table = pa.table([columns[n] for n in names], names=names)
         direction = "descending" if self.mode == "max" else "ascending"
         unscored = pc.is_null(table["score"])
         ranked = table.append_column("_unscored", unscored).sort_by(
@@ -93,7 +94,8 @@ class ScoreReducer:
 
 
 def _decoded(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """A dictionary-encoded column (see `iter_tables`) as plain values."""
+    """A dictionary-encoded column (see `iter_tables`) as plain values: batches from trial
+    files and from parts then concatenate."""
     if pa.types.is_dictionary(column.type):
         return column.cast(column.type.value_type)
     return column
