@@ -51,7 +51,9 @@ def compact(
     listing = list_files(directory)
     wanted = sorted(listing.trials if trials is None else set(trials) & set(listing.trials))
     pending = iter(wanted)
-    number, parts, moved = _next_number(listing), [], []
+    number = _next_number(listing)
+    parts: list[Location] = []
+    moved: list[str] = []
     while True:
         into: list[str] = []
         data = part_bytes(_finished(pending, listing, schema, into), into, schema)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from normstudy.results._schema import conform
 from normstudy.results._schema_file import TRIALS_KEY
-from normstudy.storage import Location
+from normstudy.storage import Location, StorageError
 
 PART = re.compile(r"^part-(\d{6})\.parquet$")
 _BATCH_ROWS = 65_536
@@ -66,7 +66,10 @@ def retrying(read: Callable[[], T]) -> T:
             return read()
         except _Vanished:
             time.sleep(0.05 * 2**attempt)
-    return read()
+    try:
+        return read()
+    except _Vanished as e:
+        raise StorageError(f"{e}: files keep vanishing while read; try again") from None
 
 
 def iter_tables(

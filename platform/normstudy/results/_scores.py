@@ -36,9 +36,11 @@ class ScoreReducer:
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.metric, self.mode, self.carried = metric, mode, carried
         self._tests = [c for c in carried if c.startswith("test/")]
+        self._per_trial = [c for c in carried if c not in self._tests]
         self._stats: list[pa.Table] = []
         self._best: list[pa.Table] = []
-        self._rows: list[pa.Table] = []
+        self._latest: list[pa.Table] = []
+        self._tested: list[pa.Table] = []
 
     def add(self, table: pa.Table) -> None:
         if not table.num_rows:
@@ -53,16 +55,17 @@ class ScoreReducer:
         stats = [last["trial_id"], last["epoch"], counts, _decoded(last["status"])]
         self._stats.append(pa.table(stats, names=_STATS))
         self._best.append(_best(narrow, self.metric, "epoch", self.mode))
-        # The trial's latest row in this table (per-trial values) and rows with test metrics
-        # (reported for each new best model): the latest value of each is among them.
+        # Per-trial values from the trial's latest row in this table; test metrics (reported
+        # for each new best model) from the rows that have any.
         latest = np.repeat(last["epoch"].to_numpy(), ends - starts)
         is_latest = np.zeros(len(table), bool)
         is_latest[order.to_numpy()] = narrow["epoch"].to_numpy() == latest
-        keep = pa.array(is_latest)
-        for name in self._tests:
-            keep = pc.or_(keep, pc.is_valid(table[name]))
-        rows = table.select(["trial_id", "epoch", *self.carried]).filter(keep)
-        self._rows.append(pa.table([_decoded(c) for c in rows.columns], names=rows.column_names))
+        self._latest.append(_kept(table, self._per_trial, pa.array(is_latest)))
+        if self._tests:
+            tested = pc.is_valid(table[self._tests[0]])
+            for name in self._tests[1:]:
+                tested = pc.or_(tested, pc.is_valid(table[name]))
+            self._tested.append(_kept(table, self._tests, tested))
 
     def result(self) -> pa.Table:
         """trial_id, seed, status, score, best_epoch, epochs, attempts, error, config.*, test/*:
@@ -79,9 +82,10 @@ class ScoreReducer:
         at = pc.index_in(trials, value_set=best["trial_id"])
         columns.update(score=best["score"].take(at), best_epoch=best["best_epoch"].take(at))
         columns["epochs"] = pa.array(epochs, pa.int64())
-        rows = _sorted(pa.concat_tables(self._rows), ("epoch", "ascending"))
-        for name in self.carried:
-            columns[name] = _latest(rows, name, trials)
+        for names, kept in ((self._per_trial, self._latest), (self._tests, self._tested)):
+            rows = _sorted(pa.concat_tables(kept), ("epoch", "ascending")) if names else None
+            for name in names:
+                columns[name] = _latest(rows, name, trials)
         order = ["trial_id", "seed", "status", "score", "best_epoch", "epochs", "attempts"]
         names = [n for n in [*order, "error"] if n in columns] + _rest(self.carried)
         table = pa.table([columns[n] for n in names], names=names)
@@ -91,6 +95,12 @@ class ScoreReducer:
             [("_unscored", "ascending"), ("score", direction), ("trial_id", "ascending")]
         )
         return ranked.drop_columns(["_unscored"])
+
+
+def _kept(table: pa.Table, names: list[str], mask: pa.Array) -> pa.Table:
+    """The rows of ``mask`` with trial_id, epoch and ``names``, dictionaries decoded."""
+    rows = table.select(["trial_id", "epoch", *names]).filter(mask)
+    return pa.table([_decoded(c) for c in rows.columns], names=rows.column_names)
 
 
 def _decoded(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
