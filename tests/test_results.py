@@ -70,7 +70,7 @@ def test_repeated_update_is_idempotent(tmp_path: Path) -> None:
     second = sink.load("t1")
     assert len(second) == 3
     assert repr(first) == repr(second)  # repr: NaN == NaN, and timestamps are kept
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_schema.json", "t1.parquet"]
 
 
 def test_resumed_trial_replaces_re_reported_epoch(tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp_file(
     monkeypatch.setattr(_location.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         sink.update("t1", rows("t1", [0.5, 0.6]), "running")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_schema.json", "t1.parquet"]
     assert repr(sink.load("t1")) == repr(before)
 
 

@@ -239,7 +239,7 @@ def _run_and_show(  # type: ignore[no-untyped-def]
             f"{spec.name}" + (f" --home {home_dir}" if home else ""),
             highlight=False,
         )
-    _print_best(spec, outcome.paths, top, "table")
+    _print_best(spec.search, outcome.paths, top, "table")
     out.print(f"results: {outcome.paths.results}")
     if outcome.interrupted:
         err.print(f"[yellow]interrupted[/yellow] — resume with: {again}", highlight=False)
@@ -323,16 +323,33 @@ def confirm(
     _run_and_show(spec, home, resume, False, tracking_uri, top + 1, again)
 
 
-def _print_best(spec, paths, top: int, fmt: Literal["table", "json"]) -> None:  # type: ignore[no-untyped-def]
+def _print_best(search, paths, top: int, fmt: Literal["table", "json"]) -> None:  # type: ignore[no-untyped-def]
     from normstudy.report import best_table
-    from normstudy.results import read_results, trial_scores
 
-    metric, mode = spec.search.metrics[0], spec.search.modes[0]
-    scores = trial_scores(read_results(paths.results), metric, mode)
+    metric, mode = search.metrics[0], search.modes[0]
+    searched = list(search.space)
+    scores = _scores(paths, metric, mode, keys=searched)
     if fmt == "table":
         out.print(f"best {metric} ({mode}) over epochs, per trial:")
-    searched = list(spec.search.space)
     out.print(best_table(scores, top, fmt, searched=searched), highlight=False, soft_wrap=True)
+
+
+def _is_scaling(paths) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a stored study description has a ``scale:`` section (without validating it)."""
+    from normstudy.spec._yaml import parse_yaml
+
+    data = parse_yaml(paths.spec_file.read_text())
+    return isinstance(data, dict) and bool(data.get("scale"))
+
+
+def _scores(paths, metric: str, mode: str, keys: list[str] | None = None):  # type: ignore[no-untyped-def]
+    from normstudy.results import read_scores
+    from normstudy.storage import StorageError
+
+    try:
+        return read_scores(paths.results, metric, mode, keys=keys)  # type: ignore[arg-type]
+    except (ValueError, StorageError) as e:  # an unknown metric, a newer results version
+        _fail(str(e))
 
 
 @app.command()
@@ -345,11 +362,24 @@ def best(
     """The best trials of a study by its metric (read from the Parquet results)."""
     if format_ not in ("table", "json"):
         _fail(f"--format must be table or json, got {format_!r}")
-    paths, spec = _study_spec(study, home)
-    if spec.scale:
-        cli_scaling.best(spec, paths.home, top, cast(Literal["table", "json"], format_))
-        return
-    _print_best(spec, paths, top, cast(Literal["table", "json"], format_))
+    from normstudy.home import StudyPaths
+    from normstudy.spec import SpecError, load_search
+    from normstudy.storage import StorageError
+
+    paths = StudyPaths(_home(home), study)
+    try:  # only the search section: best must start fast
+        search = load_search(paths.spec_file)
+        if _is_scaling(paths):  # a scaling study: its points' best trials
+            _, spec = _study_spec(study, home)
+            cli_scaling.best(spec, paths.home, top, cast(Literal["table", "json"], format_))
+            return
+    except SpecError as e:
+        if not paths.spec_file.exists():
+            _fail(f"no study {study!r} in {paths.home} (run it first, or pass --home)")
+        _fail(str(e))
+    except StorageError as e:
+        _fail(str(e))
+    _print_best(search, paths, top, cast(Literal["table", "json"], format_))
 
 
 @app.command()
@@ -405,8 +435,12 @@ def report(
         formats_ = cast(list[Literal["md", "csv", "latex", "html"]], format_)
         cli_scaling.report(spec, paths.home, out_dir, formats_, figures)
         return
-    table = read_results(paths.results)
-    if table.num_rows == 0:
+    # Figures draw every epoch; tables need each trial's best only (read columnar, in batches).
+    table = read_results(paths.results) if figures else None
+    data = (
+        table if table is not None else _scores(paths, spec.search.metrics[0], spec.search.modes[0])
+    )
+    if not len(data):
         _fail(f"study {study!r} has no results yet in {paths.results}")
     try:
         base = dict(parse_override(item) for item in baseline or [])
@@ -416,10 +450,12 @@ def report(
         base = {"configuration": "baseline"}  # a confirm study's own baseline
     try:
         out_loc = as_location(out_dir or Path("reports") / study)
-        drawn = _draw_figures(spec, paths, table, out_loc / "figures") if figures else None
+        drawn = (
+            _draw_figures(spec, paths, table, out_loc / "figures") if table is not None else None
+        )
         written = write_report(
             study,
-            table,
+            data,
             spec.search.metrics[0],
             spec.search.modes[0],
             out_loc,
@@ -487,6 +523,36 @@ def _draw_figures(
     for reason in drawn.skipped:
         err.print(f"[yellow]figure skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
     return drawn
+
+
+@app.command()
+def export(
+    study: str,
+    home: HomeOpt = None,
+    format_: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl")] = "parquet",
+    out_file: Annotated[
+        str | None,
+        typer.Option("--out", help="File, local or s3:// / gs:// (default ./STUDY.FORMAT)."),
+    ] = None,
+    per_trial: Annotated[
+        bool, typer.Option(help="One row per trial: its best epoch by the study's metric.")
+    ] = False,
+) -> None:
+    """One file with the study's rows (typed as stored), for pandas, R, DuckDB, a spreadsheet."""
+    from normstudy.results import EXPORT_FORMATS, export_results
+    from normstudy.storage import StorageError, as_location
+
+    if format_ not in EXPORT_FORMATS:
+        _fail(f"--format {format_!r}: choose {', '.join(EXPORT_FORMATS)}")
+    paths, spec = _study_spec(study, home)
+    objective = (spec.search.metrics[0], spec.search.modes[0]) if per_trial else None
+    name = f"{study}-trials" if per_trial else study
+    try:
+        target = as_location(out_file or f"{name}.{format_}")
+        rows = export_results(paths.results, target, format_, per_trial=objective)  # type: ignore[arg-type]
+    except (ValueError, StorageError) as e:
+        _fail(str(e))
+    out.print(f"wrote {rows} rows to {target}", highlight=False)
 
 
 @app.command()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from normstudy.results import read_results, trial_scores
+from normstudy.results import read_results, read_scores
 
 if TYPE_CHECKING:
     from normstudy.results._dataset import Mode
@@ -29,10 +29,10 @@ def study_progress(results: Location, metric: str, mode: Mode) -> Progress:
     """Trials with rows, counted by their latest status, and the best score among them."""
     import pyarrow.compute as pc
 
-    table = read_results(results)
-    scores = trial_scores(table, metric, mode)
+    scores = read_scores(results, metric, mode, keys=())
+    stamps = read_results(results, columns=["meta.updated_at"])["meta.updated_at"]
     best = next((s.score for s in scores if s.score is not None), None)
-    span = pc.min_max(table["meta.updated_at"]).as_py() if table.num_rows else {}
+    span = pc.min_max(stamps).as_py() if len(stamps) else {}
     counts = dict(Counter(s.status or "?" for s in scores))
     return Progress(len(scores), counts, best, span.get("min"), span.get("max"))
 

@@ -38,7 +38,7 @@ __all__ = ["ALPHA", "summary_tables", "write_report"]
 
 
 def summary_tables(
-    table: pa.Table,
+    table: pa.Table | Sequence[TrialScore],
     metric: str,
     mode: Mode,
     *,
@@ -51,7 +51,8 @@ def summary_tables(
     """The per-configuration (``configs``) and per-trial (``trials``) tables of a study.
 
     Args:
-        table: The results (see `normstudy.results.read_results`).
+        table: The results (see `normstudy.results.read_results`), or their per-trial scores
+            for ``metric`` (see `normstudy.results.read_scores`).
         metric: The selection metric; a trial's score is its best value over epochs.
         mode: "max" or "min".
         baseline: Config values (dotted keys, ``config.`` prefix optional) singling out the
@@ -63,8 +64,13 @@ def summary_tables(
         style: Decimals, percent, what is emphasized, short or dotted headers.
     """
     style = style or TableStyle()
-    scores = trial_scores(table, metric, mode)
-    tests = [c for c in ("test/acc", "test/loss") if c in table.column_names]
+    if isinstance(table, pa.Table):
+        scores = trial_scores(table, metric, mode)
+        names = set(table.column_names)
+    else:
+        scores = list(table)
+        names = {k for s in scores for k in s.test}
+    tests = [c for c in ("test/acc", "test/loss") if c in names]
     setting = f"{context.text()}. " if context else ""
     configs = _configs_table(scores, metric, mode, tests, baseline, set(statuses), style)
     trials = _trials_table(scores, metric, tests, style)
@@ -76,7 +82,7 @@ def summary_tables(
 
 def write_report(
     study: str,
-    table: pa.Table,
+    table: pa.Table | Sequence[TrialScore],
     metric: str,
     mode: Mode,
     out_dir: str | Path | Location,
@@ -93,7 +99,7 @@ def write_report(
 
     Args:
         study: Named in the captions.
-        table: The results; metric, mode, baseline, statuses, context, style as in
+        table: The results or their scores; metric, mode, baseline, statuses, context, style as in
             `summary_tables`.
         metric: The selection metric.
         mode: "max" or "min".

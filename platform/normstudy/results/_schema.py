@@ -1,4 +1,9 @@
-"""The results row schema: typed per-epoch rows and their promotion across trials."""
+"""The results row schema: base columns, per-epoch rows, and typing values into Arrow columns.
+
+A study's full schema (config and metric columns typed from its spec) is built in
+`normstudy.results._spec_schema`; this module types rows against a schema, and keeps the
+value-based promotion that reads datasets written before schemas were stored (version 1).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ _LEADING = [
     pa.field("node", pa.string()),
     pa.field("attempts", pa.int64()),
     pa.field("error", pa.string()),
+    pa.field("started_at", _TIMESTAMP),  # the trial's first start (UTC)
+    pa.field("ended_at", _TIMESTAMP),  # when it ended (null while it runs)
     pa.field("optuna_trial", pa.int64()),  # the Optuna trial number (null: not known)
     pa.field("mlflow_run_id", pa.string()),  # the MLflow child run (null: not created yet)
 ]
@@ -101,7 +108,8 @@ def order_columns(names: Iterable[str]) -> list[str]:
     return leading + config + metrics + meta
 
 
-def _column_type(name: str, values: Sequence[Any]) -> pa.DataType:
+def infer_type(name: str, values: Sequence[Any]) -> pa.DataType:
+    """A column's type from its name and values (null when every value is None)."""
     if name in _FIXED_TYPES:
         return _FIXED_TYPES[name]
     if not name.startswith(("config.", "meta.")):
@@ -118,7 +126,8 @@ def _column_type(name: str, values: Sequence[Any]) -> pa.DataType:
     return pa.string()
 
 
-def _convert(name: str, value: Any, dtype: pa.DataType) -> Any:
+def convert(name: str, value: Any, dtype: pa.DataType) -> Any:
+    """A scalar as a value of ``dtype`` (containers -> JSON for strings); TypeError if it is not."""
     if value is None:
         return None
     if pa.types.is_string(dtype) and not isinstance(value, str):
@@ -139,9 +148,9 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     fields, arrays = [], []
     for name in names:
         values = [r.get(name) for r in rows]
-        dtype = _column_type(name, values)
+        dtype = infer_type(name, values)
         fields.append(pa.field(name, dtype))
-        arrays.append(pa.array([_convert(name, v, dtype) for v in values], type=dtype))
+        arrays.append(pa.array([convert(name, v, dtype) for v in values], type=dtype))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -151,11 +160,13 @@ def concat_promoted(tables: Sequence[pa.Table]) -> pa.Table:
     for table in tables:
         for f in table.schema:
             types.setdefault(f.name, []).append(f.type)
-    schema = pa.schema([pa.field(n, _common_type(types[n])) for n in order_columns(types)])
-    return pa.concat_tables([_conform(t, schema) for t in tables])
+    schema = pa.schema([pa.field(n, common_type(types[n])) for n in order_columns(types)])
+    return pa.concat_tables([conform(t, schema) for t in tables])
 
 
-def _common_type(dtypes: list[pa.DataType]) -> pa.DataType:
+def common_type(dtypes: Iterable[pa.DataType]) -> pa.DataType:
+    """The type that holds values of all ``dtypes``: int with float -> float64, other mixes ->
+    string, null with anything -> that thing."""
     distinct = {t for t in dtypes if not pa.types.is_null(t)}
     if not distinct:
         return pa.null()
@@ -166,12 +177,16 @@ def _common_type(dtypes: list[pa.DataType]) -> pa.DataType:
     return pa.string()
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly the columns of ``schema``: missing ones null, others cast."""
+    if table.schema.equals(schema):
+        return table
+    index = {name: i for i, name in enumerate(table.column_names)}
     columns = []
     for f in schema:
-        if f.name not in table.column_names:
+        if f.name not in index:
             columns.append(pa.nulls(table.num_rows, f.type))
         else:
-            column = table[f.name]
+            column = table.column(index[f.name])
             columns.append(column if column.type == f.type else column.cast(f.type))
     return pa.Table.from_arrays(columns, schema=schema)

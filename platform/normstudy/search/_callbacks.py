@@ -218,7 +218,7 @@ def _logged_epochs(sink: ResultsSink) -> dict[str, int]:
     """Each trial's highest epoch in the results (what the tracker was given before)."""
     from normstudy.results import read_results
 
-    table = read_results(sink.results_dir).select(["trial_id", "epoch"]).to_pylist()
+    table = read_results(sink.results_dir, ["epoch"]).to_pylist()
     logged: dict[str, int] = {}
     for row in table:
         logged[row["trial_id"]] = max(logged.get(row["trial_id"], 0), int(row["epoch"]))

@@ -272,6 +272,7 @@ def _run_leased(
             grid = tuner.fit()
         finally:
             live.stop()
+    _compact_results(paths, console)
     results = [grid[i] for i in range(len(grid))]
     errored = [(r.metrics or {}).get("trial_id", "?") for r in results if r.error is not None]
     unfinished = _unfinished(paths)
@@ -286,6 +287,18 @@ def _run_leased(
     tracker.study_ended(best, status=status, metrics=metrics, params={} if interrupted else params)
     failures = tracker.close(float(os.environ.get("NORMSTUDY_TRACKING_FLUSH_S", "60")))
     return StudyOutcome(paths, len(grid), errored, failures, interrupted)
+
+
+def _compact_results(paths: StudyPaths, console: Console) -> None:
+    """Finished trials into one part file, so `best` and `report` open few files. A failure
+    loses nothing (the trials' own files stay until the part is written) and waits for the
+    next run; it must not hide the study's outcome."""
+    from normstudy.results import compact
+
+    try:
+        compact(paths.results)
+    except OSError as e:
+        console.print(f"[yellow]compaction of {paths.results} left for later:[/yellow] {e}")
 
 
 @contextlib.contextmanager
@@ -314,7 +327,7 @@ def _unfinished(paths: StudyPaths) -> list[str]:
     """Trials whose results are still 'running' (the study was stopped before they ended)."""
     from normstudy.results import read_results
 
-    table = read_results(paths.results).select(["trial_id", "status"]).to_pylist()
+    table = read_results(paths.results, ["status"]).to_pylist()
     return sorted({r["trial_id"] for r in table if r["status"] == "running"})
 
 
@@ -392,7 +405,7 @@ def _callbacks(spec: StudySpec, paths: StudyPaths, tracker: Any, live: Any) -> l
             study=spec.name,
             base=spec.trial_base(),
             epochs=spec.train.epochs,
-            sink=ResultsSink(paths.results),
+            sink=ResultsSink.for_study(paths.results, spec),
             tracker=tracker,
             meta={"version": __version__, "git_rev": git_revision()},
             score_keys=score_keys,
@@ -468,9 +481,9 @@ def _study_run_summary(
 
 
 def _best_summary(spec: StudySpec, paths: StudyPaths) -> dict[str, Any] | None:
-    from normstudy.results import read_results, trial_scores
+    from normstudy.results import read_scores
 
-    scores = trial_scores(read_results(paths.results), spec.search.metrics[0], spec.search.modes[0])
+    scores = read_scores(paths.results, spec.search.metrics[0], spec.search.modes[0])
     if not scores or scores[0].score is None:
         return None
     top = scores[0]

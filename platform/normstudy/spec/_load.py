@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from normstudy.spec._model import StudySpec
+from normstudy.spec._model import SearchSpec, StudySpec
 from normstudy.spec._yaml import MAX_BYTES, YamlLimitError, parse_yaml
 from normstudy.storage import Location
 
@@ -213,3 +213,20 @@ def load_spec(
         for item in overrides:
             apply_override(data, *parse_override(item))
     return validate_data(data, source)
+
+
+def load_search(path: str | Path | Location) -> SearchSpec:
+    """Only the ``search`` section of a stored study description, validated: what `best`
+    needs (metric, mode, searched keys), without the plugin checks of a whole `load_spec`."""
+    from normstudy.spec._model import SearchSpec
+
+    text, source = _read(path)
+    try:
+        data = parse_yaml(text)
+    except (YamlLimitError, yaml.YAMLError, ValueError) as err:
+        raise SpecError(source, [f"not valid YAML: {err}"]) from None
+    search = data.get("search", {}) if isinstance(data, dict) else None
+    try:
+        return SearchSpec.model_validate(search or {})
+    except ValidationError as err:
+        raise SpecError(source, [f"search.{line}" for line in _explain(err)]) from None

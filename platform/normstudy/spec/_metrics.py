@@ -79,6 +79,13 @@ def _trial_configs(spec: StudySpec) -> dict[str, dict[str, Any]]:
     return configs
 
 
+def study_metrics(spec: StudySpec) -> frozenset[str]:
+    """Every metric some trial of ``spec`` may report: each variant's and each searched
+    option's catalogue, and ``best/<metric>`` of every search metric."""
+    catalogues = [metric_catalogue(c) for c in _trial_configs(spec).values()]
+    return frozenset().union(*catalogues, (f"best/{m}" for m in spec.search.metrics))
+
+
 def check_search_metrics(spec: StudySpec) -> None:
     """Every ``search.metric`` is reported by every trial of the study, or a ValueError names
     it with the metrics that are (and the closest one)."""
