@@ -151,25 +151,35 @@ class _Trial:
         x, _ = sample_batch(self.splits.train, n, self.generator, self.cfg.dataset.augment)
         return x
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, sums: dict[str, Any]) -> None:
-        """One optimizer step. Metrics accumulate in ``sums`` as device tensors (``n`` as an
-        int): nothing here waits for the device, ``train_epoch`` reads them once."""
-        cfg, model, b = self.cfg, self.model, len(y)
+    def losses(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The step's forward: (task loss, logits of the B samples, plugins' loss terms), all
+        fp32 whatever ``train.precision`` (the forward itself runs under its autocast)."""
+        b = len(y)
         extra = self._extra(b)
         inputs = self.fast.layout(x if extra is None else torch.cat([x, extra]))
         with self.fast.autocast():
             embedding, logits = self.forward(inputs)
         # Extra samples only shape the normalization statistics: loss and accuracy use the B.
-        # Loss and penalties in fp32 whatever the autocast dtype.
         embedding, logits = embedding[:b].float(), logits[:b].float()
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
-        out = StepOutputs(inputs=x, targets=y, embedding=embedding, logits=logits, model=model)
-        total = loss
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.train.label_smoothing)
+        out = StepOutputs(inputs=x, targets=y, embedding=embedding, logits=logits, model=self.model)
+        terms: dict[str, torch.Tensor] = {}
         for plugin in self.plugins:
-            for name, term in plugin.loss_terms(out).items():
-                total = total + term
-                key = f"loss/{name}"
-                sums[key] = sums.get(key, 0.0) + term.detach().float() * b
+            terms.update(plugin.loss_terms(out))
+        return loss, logits, terms
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, sums: dict[str, Any]) -> None:
+        """One optimizer step. Metrics accumulate in ``sums`` as device tensors (``n`` as an
+        int): nothing here waits for the device, ``train_epoch`` reads them once."""
+        b = len(y)
+        loss, logits, terms = self.losses(x, y)
+        total = loss
+        for name, term in terms.items():
+            total = total + term
+            key = f"loss/{name}"
+            sums[key] = sums.get(key, 0.0) + term.detach().float() * b
         self._watch_finite(total.detach(), sums)
         self.optimizer.zero_grad(set_to_none=True)
         self._backward_and_step(total)
