@@ -18,7 +18,7 @@ GPU (``PEAK_TFLOPS``) for the step's precision. CPUs have no such table: no util
 Configurations are timed in turns (round-robin) after a warm-up; medians over the repeats.
 
     python benchmarks/bench_throughput.py                 # CPU, small sizes
-    python benchmarks/bench_throughput.py --device cuda   # GPU: ResNet-18/CIFAR b512, ResNet-50/224 b256
+    python benchmarks/bench_throughput.py --device cuda   # ResNet-18/CIFAR b512, ResNet-50 b256
     python benchmarks/bench_throughput.py --device cuda --precision fp32 --compile default
 
 Results go to ``benchmarks/results/throughput_<cpu|cuda>.md``.
@@ -182,9 +182,7 @@ def peak_tflops(device: torch.device, precision: str) -> tuple[str, float | None
     return name, None
 
 
-def bench_model(
-    model: str, stem: bool, side: int, batch: int, args: Any
-) -> tuple[list[str], str]:
+def bench_model(model: str, stem: bool, side: int, batch: int, args: Any) -> tuple[list[str], str]:
     trials = {"trial, no plugins": make_trial(model, stem, side, batch, {}, args)}
     as_norm = make_trial(model, stem, side, batch, {}, args)
     to_norm_layers(as_norm.model)
@@ -257,8 +255,7 @@ def header(args: Any, elapsed: float, load_before: float) -> list[str]:
         "",
         f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         where,
-        f"- torch {torch.__version__}, timm {timm.__version__}, Python "
-        f"{platform.python_version()}",
+        f"- torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}",
         f"- {args.warmup} warm-up steps per row, then {args.repeats} rounds of {args.block} "
         "steps per row, rows in turns; synthetic N(0, 1) batch on the device; SGD momentum 0.9",
         "- MFU: FLOPs per step / median step time / datasheet peak of the GPU for the step's "

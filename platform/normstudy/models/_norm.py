@@ -161,10 +161,11 @@ class NormLayer(_BatchNorm):
         with torch.no_grad():
             if self.num_batches_tracked is not None:
                 self.num_batches_tracked.add_(1)
-            momentum: float | torch.Tensor = self.momentum if self.momentum is not None else 0.0
-            if self.momentum is None:  # cumulative average, computed on the device (no sync)
-                tracked = self.num_batches_tracked
-                momentum = 1.0 / tracked.clamp(min=1).float() if tracked is not None else 1.0
+            momentum: float | torch.Tensor = 1.0 if self.momentum is None else self.momentum
+            tracked = self.num_batches_tracked
+            if self.momentum is None and tracked is not None:
+                # BN's cumulative average, 1/batches, on the device: no host sync per step.
+                momentum = 1.0 / tracked.clamp(min=1).float()
             unbiased = var * n / max(n - 1, 1)
             self.running_mean.lerp_(mean.detach(), momentum)
             self.running_var.lerp_(unbiased.detach(), momentum)

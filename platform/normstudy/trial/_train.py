@@ -171,19 +171,20 @@ class _Trial:
         return loss, logits, terms
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, sums: dict[str, Any]) -> None:
-        """One optimizer step. Metrics accumulate in ``sums`` as device tensors (``n`` as an
-        int): nothing here waits for the device, ``train_epoch`` reads them once."""
+        """One optimizer step. Metrics accumulate in ``sums`` as device tensors (float64 sums,
+        as the host floats they replace; ``n`` an int): nothing here waits for the device,
+        ``train_epoch`` reads them once."""
         b = len(y)
         loss, logits, terms = self.losses(x, y)
         total = loss
         for name, term in terms.items():
             total = total + term
             key = f"loss/{name}"
-            sums[key] = sums.get(key, 0.0) + term.detach().float() * b
+            sums[key] = sums.get(key, 0.0) + term.detach().double() * b
         self._watch_finite(total.detach(), sums)
         self.optimizer.zero_grad(set_to_none=True)
         self._backward_and_step(total)
-        sums["loss"] = sums["loss"] + loss.detach() * b
+        sums["loss"] = sums["loss"] + loss.detach().double() * b
         sums["correct"] = sums["correct"] + logits.detach().argmax(1).eq(y).sum()
         sums["n"] += b
 
@@ -227,7 +228,7 @@ class _Trial:
 
         cfg = self.cfg
         self.model.train()
-        sums: dict[str, Any] = {"loss": 0.0, "correct": 0.0, "n": 0, "steps": 0}
+        sums: dict[str, Any] = {"loss": 0.0, "correct": 0, "n": 0, "steps": 0}
         batches = train_batches(
             self.splits.train,
             cfg.train.batch_size,
