@@ -24,6 +24,9 @@ Statistics = Callable[["NormLayer", torch.Tensor], tuple[torch.Tensor, torch.Ten
 Stage = Callable[["NormLayer", torch.Tensor], torch.Tensor]
 Observer = Callable[[nn.Module, torch.Tensor], None]
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+"""Autocast dtypes that a ``NormLayer`` lifts to fp32 before its stages."""
+
 
 def reduce_dims(x: torch.Tensor) -> list[int]:
     """Every dimension but the channel (dim 1)."""
@@ -158,11 +161,11 @@ class NormLayer(_BatchNorm):
         with torch.no_grad():
             if self.num_batches_tracked is not None:
                 self.num_batches_tracked.add_(1)
-            momentum = (
-                1.0 / float(self.num_batches_tracked or 1)
-                if self.momentum is None
-                else self.momentum
-            )
+            momentum: float | torch.Tensor = 1.0 if self.momentum is None else self.momentum
+            tracked = self.num_batches_tracked
+            if self.momentum is None and tracked is not None:
+                # BN's cumulative average, 1/batches, on the device: no host sync per step.
+                momentum = 1.0 / tracked.clamp(min=1).float()
             unbiased = var * n / max(n - 1, 1)
             self.running_mean.lerp_(mean.detach(), momentum)
             self.running_var.lerp_(unbiased.detach(), momentum)
@@ -184,15 +187,23 @@ class NormLayer(_BatchNorm):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under autocast x may be bf16/fp16: every stage (and observer) works on fp32.
+        x32 = (
+            x.float()
+            if x.dtype in LOW_PRECISION and (self.observers or not self._is_plain_bn())
+            else x
+        )
         for observe in self.observers:
-            observe(self, x)
-        if self._is_plain_bn():  # BN's fused kernel: same math, a fraction of the time
+            observe(self, x32)
+        if self._is_plain_bn():
+            # BN's fused kernel: same math, a fraction of the time; with a 16-bit x it
+            # accumulates the statistics in fp32 against fp32 γ/β and running statistics.
             return self.act(self.drop(super().forward(x)))
-        mean, var = self.statistics(self, x)
-        xhat = self.normalize(x, mean, var)
+        mean, var = self.statistics(self, x32)
+        xhat = self.normalize(x32, mean, var)
         for stage in self.perturb:
             xhat = stage(self, xhat)
-        return self.act(self.drop(self.affine_stage(self, xhat)))
+        return self.act(self.drop(self.affine_stage(self, xhat).to(x.dtype)))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, from={self.source_type}, owners={self.owners}"
@@ -211,8 +222,10 @@ class RemovedNorm(nn.Module):
         self.source_type = type(bn).__name__
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for observe in self.observers:
-            observe(self, x)
+        if self.observers:
+            x32 = x.float() if x.dtype in LOW_PRECISION else x
+            for observe in self.observers:
+                observe(self, x32)
         return self.act(self.drop(x))
 
     def extra_repr(self) -> str:

@@ -42,7 +42,7 @@ def spatial_size(x: torch.Tensor) -> int:
 def inverse_chi_scale(n: float, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """U = √n / χ_{n−1}: the law of σ/S when S² is the biased variance of n normal samples."""
     df = torch.full(shape, float(n - 1), device=device)
-    return math.sqrt(n) * torch.rsqrt(torch.distributions.Chi2(df).sample())
+    return math.sqrt(n) * torch.rsqrt(torch.distributions.Chi2(df, validate_args=False).sample())
 
 
 class GaussianNoise:

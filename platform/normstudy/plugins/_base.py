@@ -108,6 +108,10 @@ class Plugin:
     variants: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     """Further set-ups the registry tests run, by name: each a full ``plugins`` mapping (this
     plugin included) covering an option value or a combination the defaults do not reach."""
+    compile_blocker: ClassVar[str | None] = None
+    """Why a model with this plugin cannot be trained under ``train.compile`` (None: it can);
+    such a trial trains eagerly and logs the reason. The registry tests compile every plugin
+    that declares none and compare it with eager training."""
 
     def __init__(self, options: PluginOptions, ctx: PluginContext) -> None:
         self.options = options

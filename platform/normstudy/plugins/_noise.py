@@ -62,6 +62,10 @@ class Noise(Plugin):
     name = "noise"
     order = NOISE_ORDER
 
+    variants: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "bn_like": {"noise": {"mode": "bn_like", "batch": 8}},
+    }
+
     class Options(PluginOptions):
         mode: Literal["gaussian", "bn_like"] = "gaussian"
         """gaussian: V ~ N(0, σ_V²), U ~ N(1, σ_U²); bn_like: the laws of BN's own noise at a

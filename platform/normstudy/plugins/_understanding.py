@@ -42,6 +42,9 @@ class GammaDecay(Plugin):
     name = "gamma_decay"
     conflicts: ClassVar[dict[str, str]] = _without_bn("there is no γ to decay")
     partners: ClassVar[dict[str, dict[str, Any]]] = {"population_norm": {"samples": 64}}
+    variants: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "adaptive": {"gamma_decay": {"mode": "adaptive", "refresh_every": 2, "fisher_samples": 8}},
+    }
 
     class Options(PluginOptions):
         mode: Literal["constant", "batch", "adaptive"] = "batch"
@@ -68,6 +71,7 @@ class GammaDecay(Plugin):
         super().__init__(options, ctx)
         self._zeta_sum: Any = 0.0
         self._zeta_steps = 0
+        self._refreshed_at: int | None = None  # host copy of the buffer: no sync per step
 
     def patch_model(self, model: nn.Module) -> nn.Module:
         if self.options.mode != "adaptive":
@@ -84,7 +88,13 @@ class GammaDecay(Plugin):
                 layer.register_buffer("gamma_decay_factor", factor)
         # The step of the last refresh, in the state dict so a resume keeps the same schedule.
         model.register_buffer("gamma_decay_refreshed_at", torch.tensor(-1))
+        self._refreshed_at = -1
+        model.register_load_state_dict_post_hook(self._reloaded)
         return model
+
+    def _reloaded(self, model: nn.Module, incompatible: Any) -> None:
+        """A checkpoint was loaded: read its refresh step once, here rather than in a step."""
+        self._refreshed_at = int(model.get_buffer("gamma_decay_refreshed_at"))
 
     def _refresh(self, model: nn.Module) -> None:
         from normstudy.data import sample_batch
@@ -107,6 +117,7 @@ class GammaDecay(Plugin):
             buffer = model.get_buffer(f"{name}.gamma_decay_factor")
             buffer.copy_(factor.to(buffer.dtype))
         model.get_buffer("gamma_decay_refreshed_at").fill_(self.ctx.step)
+        self._refreshed_at = self.ctx.step
 
     def zetas(self, model: nn.Module, batch_size: int) -> list[tuple[_BatchNorm, Any]]:
         """(layer, ζ) for every decayed layer: ζ a float, or a detached per-channel tensor."""
@@ -124,7 +135,9 @@ class GammaDecay(Plugin):
         return out
 
     def _due(self, model: nn.Module) -> bool:
-        last = int(model.get_buffer("gamma_decay_refreshed_at"))
+        if self._refreshed_at is None:  # first step of this process (fresh or resumed)
+            self._refreshed_at = int(model.get_buffer("gamma_decay_refreshed_at"))
+        last = self._refreshed_at
         return last < 0 or self.ctx.step - last >= self.options.refresh_every
 
     def loss_terms(self, out: StepOutputs) -> dict[str, torch.Tensor]:

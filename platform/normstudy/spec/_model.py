@@ -154,6 +154,19 @@ class TrainSpec(Strict):
     """Cap the optimizer steps per epoch (smoke tests, benchmarks); None: the whole split."""
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     """torch CPU threads per trial (default: the trial's CPU resources)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Arithmetic of the training and evaluation forward passes. bf16 / fp16: autocast (convs
+    and matmuls in 16 bits) with every normalization statistic, γ/β, the loss and the plugins'
+    penalties in fp32; fp16 adds dynamic loss scaling. auto: bf16 on a CUDA GPU that supports
+    it (about 2× the fp32 speed on recent GPUs), fp32 on CPU (exact; CPU autocast is slower)."""
+    channels_last: bool | None = None
+    """NHWC memory layout for the model and its batches (faster convolutions on GPU tensor
+    cores). None: on with CUDA, off on CPU."""
+    compile: Literal["none", "default", "max-autotune"] = "none"
+    """torch.compile the training forward (its backward with it) in this mode. It costs
+    seconds to minutes of compilation per trial, so turn it on for long trials on a GPU (paper
+    runs: tens of epochs), not for short searches. A plugin that cannot be compiled makes the
+    trial train eagerly, with the reason logged."""
 
 
 Strengths = Annotated[list[Annotated[float, Field(gt=0.0)]], Field(max_length=100)]

@@ -24,11 +24,12 @@ def forward_parts(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return embedding, timm_model.get_classifier()(embedding)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(
     model: nn.Module, batches: Batches, embedding_dropout: float = 0.0
 ) -> dict[str, torch.Tensor]:
-    """Eval-mode probabilities, targets and squared norms of embeddings and logits."""
+    """Eval-mode probabilities, targets and squared norms of embeddings and logits (float64,
+    gathered on the device and moved to the host once)."""
     was_training = model.training
     model.eval()
     probs, targets, emb2, out2 = [], [], [], []
@@ -37,16 +38,16 @@ def predict(
         if embedding_dropout:
             embedding = F.dropout(embedding, embedding_dropout, training=True)
             logits = model.get_classifier()(embedding)  # type: ignore[operator]
-        probs.append(F.softmax(logits.double(), dim=1).cpu())
-        targets.append(y.cpu())
-        emb2.append(embedding.double().pow(2).sum(1).cpu())
-        out2.append(logits.double().pow(2).sum(1).cpu())
+        probs.append(F.softmax(logits.double(), dim=1))
+        targets.append(y)
+        emb2.append(embedding.double().pow(2).sum(1))
+        out2.append(logits.double().pow(2).sum(1))
     model.train(was_training)
     return {
-        "probs": torch.cat(probs),
-        "targets": torch.cat(targets),
-        "emb_norm2": torch.cat(emb2),
-        "out_norm2": torch.cat(out2),
+        "probs": torch.cat(probs).cpu(),
+        "targets": torch.cat(targets).cpu(),
+        "emb_norm2": torch.cat(emb2).cpu(),
+        "out_norm2": torch.cat(out2).cpu(),
     }
 
 
@@ -84,28 +85,30 @@ def coverage_curve_csv(risk: torch.Tensor, points: int = 101) -> str:
 def accuracy_under_noise(model: nn.Module, batches: Batches, sigma: float, seed: int = 0) -> float:
     """Accuracy with N(0, σ²) added to every input (a fixed noise seed, global RNG untouched)."""
     generator = torch.Generator().manual_seed(seed)
-    correct = total = 0
+    correct: Any = 0
+    total = 0
     model.eval()
-    with torch.no_grad():
+    with torch.inference_mode():
         for x, y in batches:
             noise = torch.randn(x.shape, generator=generator).to(x.device)
-            correct += int(model(x + sigma * noise).argmax(1).eq(y).sum())
+            correct = correct + model(x + sigma * noise).argmax(1).eq(y).sum()
             total += len(y)
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)
 
 
 def accuracy_under_fgsm(model: nn.Module, batches: Batches, eps: float) -> float:
     """Accuracy on x + ε·sign(∇ₓ loss) (fast gradient sign method), model in eval mode."""
     model.eval()
-    correct = total = 0
+    correct: Any = 0
+    total = 0
     for x, y in batches:
         x = x.clone().requires_grad_(True)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x).float(), y)
         (grad,) = torch.autograd.grad(loss, x)
         with torch.no_grad():
-            correct += int(model(x + eps * grad.sign()).argmax(1).eq(y).sum())
+            correct = correct + model(x + eps * grad.sign()).argmax(1).eq(y).sum()
         total += len(y)
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)
 
 
 def gamma_statistics(model: nn.Module) -> tuple[float | None, dict[str, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from normstudy.plugins import PluginContext, StepOutputs, instantiate
 from normstudy.spec import TrialConfig
 from normstudy.trial import _evaluations as ev
 from normstudy.trial._schedule import lr_factor
+from normstudy.trial._speed import resolve, training_forward
 
 if TYPE_CHECKING:
     from torch import nn
@@ -69,6 +71,7 @@ class _Trial:
         torch.set_num_threads(cfg.train.threads or max(1, int(cfg.resources.cpus)))
         use_cuda = cfg.resources.gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.fast = resolve(cfg.train, self.device)
         self.ctx = ctx = PluginContext(config=cfg, num_classes=0, in_chans=0, train_size=0)
         self.plugins = instantiate(cfg.plugins, ctx)
         for plugin in self.plugins:
@@ -84,10 +87,20 @@ class _Trial:
         for plugin in self.plugins:
             model = plugin.patch_model(model)
         self.model = model.to(self.device)
+        if self.fast.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         init_x, _ = sample_batch(splits.train, DATA_INIT_SAMPLES, self.generator, AugmentSpec())
         for plugin in self.plugins:
-            plugin.data_init(self.model, init_x)
+            plugin.data_init(self.model, self.fast.layout(init_x))
         self.optimizer = _build_optimizer(cfg, self.model, self.plugins)
+        self.scaler = self.fast.grad_scaler()
+        self.forward = training_forward(
+            partial(ev.forward_parts, self.model),
+            self.fast,
+            self.model,
+            self.plugins,
+            self.generator,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda epoch: lr_factor(cfg.train, epoch)
         )
@@ -113,6 +126,7 @@ class _Trial:
             "test": dict(self.test),
             "artifacts": dict(self.artifacts),
             "history": [dict(h) for h in self.history],
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -124,6 +138,8 @@ class _Trial:
         self.epoch, self.best, self.test = state["epoch"], state["best"], state["test"]
         self.ctx.step, self.artifacts = state["step"], state["artifacts"]
         self.history = list(state.get("history", []))  # absent from older checkpoints
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     # -- training ---------------------------------------------------------------------------
     def _extra(self, batch_size: int) -> torch.Tensor | None:
@@ -135,40 +151,84 @@ class _Trial:
         x, _ = sample_batch(self.splits.train, n, self.generator, self.cfg.dataset.augment)
         return x
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, sums: dict[str, float]) -> None:
-        cfg, model, b = self.cfg, self.model, len(y)
+    def losses(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The step's forward: (task loss, logits of the B samples, plugins' loss terms), all
+        fp32 whatever ``train.precision`` (the forward itself runs under its autocast)."""
+        b = len(y)
         extra = self._extra(b)
-        inputs = x if extra is None else torch.cat([x, extra])
-        embedding, logits = ev.forward_parts(model, inputs)
+        inputs = self.fast.layout(x if extra is None else torch.cat([x, extra]))
+        with self.fast.autocast():
+            embedding, logits = self.forward(inputs)
         # Extra samples only shape the normalization statistics: loss and accuracy use the B.
-        embedding, logits = embedding[:b], logits[:b]
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
-        out = StepOutputs(inputs=x, targets=y, embedding=embedding, logits=logits, model=model)
-        total = loss
+        embedding, logits = embedding[:b].float(), logits[:b].float()
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.train.label_smoothing)
+        out = StepOutputs(inputs=x, targets=y, embedding=embedding, logits=logits, model=self.model)
+        terms: dict[str, torch.Tensor] = {}
         for plugin in self.plugins:
-            for name, term in plugin.loss_terms(out).items():
-                total = total + term
-                sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + term.item() * b
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"training loss is {total.item()} at epoch {self.epoch + 1}")
+            terms.update(plugin.loss_terms(out))
+        return loss, logits, terms
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, sums: dict[str, Any]) -> None:
+        """One optimizer step. Metrics accumulate in ``sums`` as device tensors (float64 sums,
+        as the host floats they replace; ``n`` an int): nothing here waits for the device,
+        ``train_epoch`` reads them once."""
+        b = len(y)
+        loss, logits, terms = self.losses(x, y)
+        total = loss
+        for name, term in terms.items():
+            total = total + term
+            key = f"loss/{name}"
+            sums[key] = sums.get(key, 0.0) + term.detach().double() * b
+        self._watch_finite(total.detach(), sums)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        self._backward_and_step(total)
+        sums["loss"] = sums["loss"] + loss.detach().double() * b
+        sums["correct"] = sums["correct"] + logits.detach().argmax(1).eq(y).sum()
+        sums["n"] += b
+
+    def _backward_and_step(self, total: torch.Tensor) -> None:
+        model, scaler = self.model, self.scaler
+        if scaler is None:
+            total.backward()
+        else:
+            scaler.scale(total).backward()
+            scaler.unscale_(self.optimizer)  # plugins' before_step sees the true gradients
         for plugin in self.plugins:
             plugin.before_step(model)
-        self.optimizer.step()
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
         self.ctx.step += 1
         for plugin in self.plugins:
             plugin.after_step(model)
-        sums["loss"] += loss.item() * b
-        sums["correct"] += float(logits.argmax(1).eq(y).sum())
-        sums["n"] += b
+
+    def _watch_finite(self, total: torch.Tensor, sums: dict[str, Any]) -> None:
+        """Remember, on the device, the first non-finite training loss of the epoch and its
+        step (checked by ``train_epoch`` at its one sync)."""
+        step = sums.get("steps", 0)
+        bad = ~torch.isfinite(total)
+        first = sums.get("bad_step")
+        if first is None:
+            sums["bad_step"] = torch.where(bad, step, -1)
+            sums["bad_loss"] = total
+            return
+        take = bad & (first < 0)
+        sums["bad_step"] = torch.where(take, step, first)
+        sums["bad_loss"] = torch.where(take, total, sums["bad_loss"])
+
+    def _on_device(self, value: Any) -> torch.Tensor:
+        return torch.as_tensor(value, dtype=torch.float64).to(self.device)
 
     def train_epoch(self) -> dict[str, float]:
         from normstudy.data import train_batches
 
         cfg = self.cfg
         self.model.train()
-        sums: dict[str, float] = {"loss": 0.0, "correct": 0.0, "n": 0.0}
+        sums: dict[str, Any] = {"loss": 0.0, "correct": 0, "n": 0, "steps": 0}
         batches = train_batches(
             self.splits.train,
             cfg.train.batch_size,
@@ -180,9 +240,24 @@ class _Trial:
             if cfg.train.max_steps_per_epoch and step >= cfg.train.max_steps_per_epoch:
                 break
             self._step(x, y, sums)
-        n = max(sums.pop("n"), 1.0)
-        metrics = {"train/loss": sums.pop("loss") / n, "train/acc": sums.pop("correct") / n}
-        metrics.update({k: v / n for k, v in sums.items()})
+            sums["steps"] += 1
+        return self._epoch_means(sums)
+
+    def _epoch_means(self, sums: dict[str, Any]) -> dict[str, float]:
+        """Per-sample means of the epoch's sums: the epoch's one host-device sync."""
+        n, steps = max(sums.pop("n"), 1), sums.pop("steps")
+        keys = list(sums)
+        values = torch.stack([self._on_device(sums[k]) for k in keys]).tolist()
+        host = dict(zip(keys, values, strict=True))
+        bad_step = int(host.pop("bad_step", -1))
+        bad_loss = host.pop("bad_loss", 0.0)
+        if bad_step >= 0:
+            raise FloatingPointError(
+                f"training loss is {bad_loss} at epoch {self.epoch + 1} "
+                f"(step {bad_step + 1} of {steps})"
+            )
+        metrics = {"train/loss": host.pop("loss") / n, "train/acc": host.pop("correct") / n}
+        metrics.update({k: v / n for k, v in host.items()})
         return metrics
 
     # -- evaluation -------------------------------------------------------------------------
@@ -192,7 +267,8 @@ class _Trial:
         split = getattr(self.splits, which)
         if limit is not None:
             split = Split(split.x[:limit], split.y[:limit])
-        return eval_batches(split, self.cfg.train.eval_batch_size, device=self.device)
+        batches = eval_batches(split, self.cfg.train.eval_batch_size, device=self.device)
+        return ((self.fast.layout(x), y) for x, y in batches)
 
     def evaluate(self, which: str) -> dict[str, float]:
         pred = ev.predict(self.model, self._batches(which))
@@ -247,13 +323,15 @@ class _Trial:
         lr = self._lr()
         metrics: dict[str, Any] = self.train_epoch()
         self.scheduler.step()
-        metrics.update(self.evaluate("val"))
-        metrics.update(self.diagnostics())
+        with self.fast.autocast():
+            metrics.update(self.evaluate("val"))
+            metrics.update(self.diagnostics())
         self.epoch += 1
         if self._update_best(metrics, objectives) or not self.test:
             # Test metrics are those of the best-validation epoch so far, so a trial stopped
             # early by the scheduler still has them.
-            self.test = self.test_evaluations()
+            with self.fast.autocast():
+                self.test = self.test_evaluations()
         metrics.update(self.test)
         metrics.update({"epoch": self.epoch, "lr": lr, "epoch_time_s": time.perf_counter() - start})
         if self.epoch == self.cfg.train.epochs:
