@@ -275,6 +275,8 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart
         *FAST,
         "--set",
         "search.max_concurrent=1",
+        "--set",  # epochs long enough that the SIGINT meets the second trial running
+        "train.max_steps_per_epoch=40",
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     results = home / "quickstart" / "results"
@@ -311,6 +313,8 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path: Path, quickstart
         *FAST,
         "--set",
         "search.max_concurrent=1",
+        "--set",
+        "train.max_steps_per_epoch=40",
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     rows = _rows(home, "quickstart")
@@ -647,5 +651,7 @@ def test_an_optuna_trial_lost_with_the_driver_is_requeued_not_resuggested(
     assert rerun[0].params == pytest.approx(lost)
     rows = _rows(home, "quickstart")
     assert len({r["trial_id"] for r in rows}) == n
-    assert all(r["status"] == "completed" for r in rows)
+    assert all(r["status"] == "completed" for r in rows), [
+        (r["trial_id"], r["epoch"], r["status"], r["error"]) for r in rows
+    ]
     assert any(r["config.train.lr"] == pytest.approx(0.01) for r in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
@@ -195,8 +196,15 @@ class StudyCallback(_NotPickled, Callback):
     ) -> None:
         # An ASHA-stopped trial is TERMINATED in Tune, so FINISHED in MLflow; the tag
         # normstudy.status=stopped tells it from a completed one.
-        stopped = self.last_epoch.get(trial.trial_id, 0) < self.epochs
-        self._end(trial, "stopped" if stopped else "completed", "FINISHED")
+        # A trial restored after its last epoch completes with no new result: its epochs are
+        # in the results (and Tune's last result) from before the restore.
+        reported = (trial.last_result or {}).get("epoch")
+        last = max(
+            self.last_epoch.get(trial.trial_id, 0),
+            self._logged.get(trial.trial_id, 0),
+            int(reported) if isinstance(reported, int | float) else 0,
+        )
+        self._end(trial, "stopped" if last < self.epochs else "completed", "FINISHED")
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -207,7 +215,10 @@ class StudyCallback(_NotPickled, Callback):
 def _error_line(trial: Trial) -> str:
     """The trial's last error as 'Type: message' (the last line of its traceback)."""
     try:
-        text = trial.get_error()
+        # Tune writes error.txt in the trial's local folder before this callback and syncs it
+        # to the study's storage later: read the local file, the synced one only without it.
+        local = trial.error_file
+        text = Path(local).read_text() if local and Path(local).is_file() else trial.get_error()
     except Exception:  # the error file may be unreadable; the row must be written anyway
         text = None
     lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
