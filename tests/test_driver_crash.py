@@ -122,26 +122,34 @@ def test_doctor_rebuilds_damaged_results_from_checkpoints(tmp_path: Path, quicks
         "run", str(quickstart), "--home", str(home), *FAST, "--set", "search.num_samples=2"
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    before = json.loads(
-        _normstudy("best", "quickstart", "--home", str(home), "--format", "json").stdout
-    )
+
+    def best() -> list[dict]:
+        shown = _normstudy("best", "quickstart", "--home", str(home), "--format", "json")
+        key = ("trial_id", "score", "best_epoch", "status", "config", "test")
+        return [{k: r[k] for k in key} for r in json.loads(shown.stdout)]
+
+    before = best()
     results = home / "quickstart" / "results"
-    truncated, deleted = sorted(results.glob("*.parquet"))
-    truncated.write_bytes(truncated.read_bytes()[:300])
-    deleted.unlink()
+    (part,) = results.glob("part-*.parquet")  # the run compacted its finished trials
+    part.write_bytes(part.read_bytes()[:300])  # truncated: both trials' rows are unreadable
 
     check = _normstudy("doctor", "quickstart", "--home", str(home))
     assert check.returncode == 1, check.stdout[-3000:]
-    assert truncated.name in check.stdout and deleted.stem in check.stdout
-    assert truncated.read_bytes()[:4] == b"PAR1" and not deleted.exists()  # nothing written
+    assert part.name in check.stdout and "repairable" in check.stdout
+    assert len(part.read_bytes()) == 300  # a check writes nothing
 
     fixed = _normstudy("doctor", "quickstart", "--home", str(home), "--repair")
     assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
     assert fixed.stdout.count("rebuilt") == 2
-    after = json.loads(
-        _normstudy("best", "quickstart", "--home", str(home), "--format", "json").stdout
-    )
-    key = ("trial_id", "score", "best_epoch", "status", "config", "test")
-    assert [{k: r[k] for k in key} for r in after] == [{k: r[k] for k in key} for r in before]
-    assert (results / f"{truncated.name}.damaged").exists()  # the damaged bytes are kept
+    assert best() == before
+    assert (results / f"{part.name}.damaged").exists()  # the damaged bytes are kept
+
+    # A trial file lost: found, and rebuilt from the checkpoint again.
+    lost = sorted(results.glob("*.parquet"))[0]
+    assert not lost.name.startswith("part-")
+    lost.unlink()
+    check = _normstudy("doctor", "quickstart", "--home", str(home))
+    assert check.returncode == 1 and lost.stem in check.stdout, check.stdout[-3000:]
+    assert _normstudy("doctor", "quickstart", "--home", str(home), "--repair").returncode == 0
+    assert best() == before
     assert _normstudy("doctor", "quickstart", "--home", str(home)).returncode == 0

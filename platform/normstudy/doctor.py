@@ -92,34 +92,55 @@ def _check_tune(paths: StudyPaths, tune: _Tune) -> Iterator[Finding]:
 
 # -- results ---------------------------------------------------------------------------------
 def _check_results(spec: StudySpec, paths: StudyPaths, tune: _Tune) -> Iterator[Finding]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """Trial files and compacted parts: readable, one row per (trial, epoch); a trial's rows
+    are its own file's, else the newest part's holding it (as every reader takes them)."""
+    from normstudy.results._files import list_files
     from normstudy.search._reconcile import LOST_ERROR
 
     tune_ids = tune.by_id()
+    listing = list_files(paths.results)
     seen: dict[str, list[dict[str, Any]]] = {}
     damaged: set[str] = set()
-    for file in paths.results.files(".parquet"):
-        trial_id = file.name.removesuffix(".parquet")
+    damaged_part = False
+    for part in listing.parts:  # oldest first: a newer part's rows of a trial win
         try:
-            rows = pq.read_table(pa.BufferReader(file.read_bytes())).to_pylist()
-        except (pa.ArrowInvalid, OSError) as e:
+            rows = _read_rows(part)
+        except Exception as e:
+            fix = _set_aside_and_rebuild(spec, paths, tune, part)
+            damaged_part = True  # its trials are unknown: the repair rebuilds what is missing
+            yield Finding(
+                "results",
+                "problem",
+                f"{part}: not readable ({e}); --repair sets it aside and rebuilds the trials "
+                "it held from their checkpoints",
+                fix,
+            )
+            continue
+        by_trial: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_trial.setdefault(row["trial_id"], []).append(row)
+        seen.update(by_trial)
+    for trial_id, file in sorted(listing.trials.items()):
+        try:
+            rows = _read_rows(file)
+        except Exception as e:
             fix = _rebuild_or_set_aside(spec, paths, tune_ids.get(trial_id), file)
             damaged.add(trial_id)
             yield Finding("results", "problem", f"{file}: not readable ({e})", fix)
             continue
+        if {r["trial_id"] for r in rows} - {trial_id}:
+            yield Finding("results", "problem", f"{file}: holds rows of another trial")
         seen[trial_id] = rows
-        epochs = [r["epoch"] for r in rows]
-        if len(epochs) != len(set(epochs)) or {r["trial_id"] for r in rows} != {trial_id}:
-            yield Finding(
-                "results", "problem", f"{file}: duplicate epochs or rows of another trial"
-            )
+    doubled = sorted(t for t, rows in seen.items() if len({r["epoch"] for r in rows}) < len(rows))
+    if doubled:
+        yield Finding("results", "problem", f"trials {', '.join(doubled)} repeat an epoch")
     for trial_id, trial in sorted(tune_ids.items()):
+        if damaged_part:
+            break
         if trial_id not in seen and trial_id not in damaged and _has_checkpoint(trial):
             fix = _rebuild_or_set_aside(spec, paths, trial, paths.results / f"{trial_id}.parquet")
             yield Finding(
-                "results", "problem", f"trial {trial_id} has checkpoints but no result file", fix
+                "results", "problem", f"trial {trial_id} has checkpoints but no results", fix
             )
     if tune.trials is not None:
         lost = sorted(
@@ -149,9 +170,40 @@ def _check_results(spec: StudySpec, paths: StudyPaths, tune: _Tune) -> Iterator[
     yield Finding(
         "results",
         "ok",
-        f"{len(seen)} readable trial files ({errors} with errors, {lost_before} of them lost "
+        f"{len(seen)} trials with readable results in {len(listing.trials)} trial files and "
+        f"{len(listing.parts)} compacted parts ({errors} with errors, {lost_before} of them lost "
         "with a driver)",
     )
+
+
+def _read_rows(file: Any) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return list(pq.read_table(pa.BufferReader(file.read_bytes())).to_pylist())
+
+
+def _set_aside_and_rebuild(
+    spec: StudySpec, paths: StudyPaths, tune: _Tune, part: Any
+) -> Callable[[], str]:
+    """A damaged part: its bytes kept aside, then every trial of Tune's state that has no
+    readable results left is rebuilt from its checkpoint."""
+
+    def fix() -> str:
+        from normstudy.results import read_results
+
+        aside = _set_aside(part)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            have = set(read_results(paths.results, columns=["trial_id"])["trial_id"].to_pylist())
+        done = [
+            _rebuild_or_set_aside(spec, paths, t, paths.results / f"{t.trial_id}.parquet")()
+            for t in tune.trials or []
+            if t.trial_id not in have and _has_checkpoint(t)
+        ]
+        return f"moved aside to {aside}; " + ("; ".join(done) or "no trial to rebuild")
+
+    return fix
 
 
 def _has_checkpoint(trial: Any) -> bool:
@@ -172,7 +224,7 @@ def _rebuild_or_set_aside(
 
                 if file.exists():
                     _set_aside(file)
-                ResultsSink(paths.results).update(
+                ResultsSink.for_study(paths.results, spec).update(
                     trial.trial_id,
                     rows,
                     status,
