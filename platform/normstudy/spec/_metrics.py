@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 SUMMARY = ("loss", "acc", "ece", "emb_norm2", "out_norm2")
 """``trial._evaluations.summarize``: reported for val/ and test/ (train/ has loss and acc)."""
-PLAIN = ("lr", "epoch_time_s", "setup_s")
+PLAIN = ("lr", "epoch_time_s")
 """Metrics without a group (``search._callbacks.metrics_of`` keeps these and ``group/name``)."""
 
 
