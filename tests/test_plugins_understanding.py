@@ -17,6 +17,7 @@ from normstudy.models import NormLayer, norm_layers
 from normstudy.models._norm import channel_view
 from normstudy.plugins import Plugin, PluginContext, StepOutputs, instantiate
 from normstudy.spec import SpecError, TrialConfig, validate_data
+from normstudy.spec._metrics import TIMINGS
 from normstudy.trial import LocalReporter, run_trial
 from normstudy.trial._schedule import lr_factor
 from normstudy.trial._train import _Trial
@@ -469,7 +470,7 @@ def test_pn_with_adaptive_gamma_decay_resumes_exactly(tmp_path: Path) -> None:
         run_trial(_trial_config(PN_ADAPTIVE, epochs=3), CrashAfterTwo(tmp_path))
     resumed = LocalReporter(tmp_path)
     run_trial(_trial_config(PN_ADAPTIVE, epochs=3), resumed)
-    drop = {"epoch_time_s"}
+    drop = set(TIMINGS)
     assert [{k: v for k, v in h.items() if k not in drop} for h in resumed.history] == [
         {k: v for k, v in h.items() if k not in drop} for h in whole.history[2:]
     ]

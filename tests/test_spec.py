@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from normstudy.spec import SpecError, apply_override, load_spec, validate_data
+from normstudy.spec._metrics import PLAIN
 
 BASE = {
     "name": "t",
@@ -560,9 +561,7 @@ def test_metric_catalogue_matches_what_a_real_trial_reports(
     reported = {
         k
         for k, v in metrics.items()
-        if ("/" in k or k in ("lr", "epoch_time_s"))
-        and not k.startswith("best/")
-        and isinstance(v, int | float)
+        if ("/" in k or k in PLAIN) and not k.startswith("best/") and isinstance(v, int | float)
     }
     assert set(metric_catalogue(config)) == reported
 

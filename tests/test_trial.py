@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from normstudy.spec import TrialConfig
+from normstudy.spec._metrics import TIMINGS
 from normstudy.trial import LocalReporter, run_trial
 from normstudy.trial._metrics import expected_calibration_error
 from normstudy.trial._reporter import load_state
@@ -43,7 +44,7 @@ REQUIRED = {
     "val/acc",
     "val/ece",
     "lr",
-    "epoch_time_s",
+    *TIMINGS,
     "test/acc",
     "test/loss",
     "best/val/acc",
@@ -52,7 +53,7 @@ REQUIRED = {
 
 
 def _without_time(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in history]
+    return [{k: v for k, v in h.items() if k not in TIMINGS} for h in history]
 
 
 def test_reports_every_metric_each_epoch() -> None:

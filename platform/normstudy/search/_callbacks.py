@@ -10,6 +10,7 @@ from ray.tune import Callback
 
 from normstudy.redact import redact
 from normstudy.spec import resolve_config
+from normstudy.spec._metrics import PLAIN
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from normstudy.tracking import StudyTracker
 
 # Keys of a Tune result that are our metrics: "group/name" plus these.
-_PLAIN_METRICS = ("lr", "epoch_time_s")
+_PLAIN_METRICS = PLAIN
 
 
 def for_mlflow(metrics: dict[str, float]) -> dict[str, float]:

@@ -446,6 +446,9 @@ def _tuner(spec: StudySpec, paths: StudyPaths, callbacks: list[Any], resume: boo
             search_alg=_searcher(spec, paths),
             scheduler=_scheduler(spec),
             num_samples=num_trials(spec),
+            # The next trial runs in the worker process of the last one: imports, the dataset
+            # (`cached_splits`) and compiled kernels are not paid again per trial.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=paths.tune.name,

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 SUMMARY = ("loss", "acc", "ece", "emb_norm2", "out_norm2")
 """``trial._evaluations.summarize``: reported for val/ and test/ (train/ has loss and acc)."""
-PLAIN = ("lr", "epoch_time_s")
+TIMINGS = ("epoch_time_s", "setup_s")
+"""Wall-clock metrics: the only ones that differ between two runs of the same trial (a fresh or
+reused worker, a resumed run). ``setup_s``: data, model, plugins and checkpoint before the
+first epoch of this process's run of the trial."""
+PLAIN = ("lr", *TIMINGS)
 """Metrics without a group (``search._callbacks.metrics_of`` keeps these and ``group/name``)."""
 
 

@@ -62,7 +62,7 @@ class _Trial:
     """State of one run; ``run_epoch`` drives it."""
 
     def __init__(self, config: dict[str, Any], reporter: Reporter) -> None:
-        from normstudy.data import load_splits, sample_batch
+        from normstudy.data import sample_batch
         from normstudy.models import build_model
         from normstudy.spec._model import AugmentSpec
 
@@ -77,7 +77,7 @@ class _Trial:
         for plugin in self.plugins:
             plugin.adjust_config(cfg)
         # airbench-style: the whole dataset sits on the training device once.
-        self.splits = splits = load_splits(cfg.dataset).to(self.device)
+        self.splits = splits = cached_splits(cfg.dataset).to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         ctx.num_classes, ctx.in_chans = splits.num_classes, splits.in_chans
         ctx.train_size, ctx.splits, ctx.device = len(splits.train.y), splits, self.device
@@ -358,6 +358,21 @@ class _Trial:
         return improved_first
 
 
+_SPLITS: dict[str, Any] = {}
+
+
+def cached_splits(spec: Any) -> Any:
+    """`load_splits` once per dataset description in this process: a worker that Tune reuses
+    for the next trial (``reuse_actors``) keeps the dataset in memory. Trials only read it."""
+    from normstudy.data import load_splits
+
+    key = spec.model_dump_json()
+    if key not in _SPLITS:
+        _SPLITS.clear()  # one dataset at a time: a study has one, and they can be large
+        _SPLITS[key] = load_splits(spec)
+    return _SPLITS[key]
+
+
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numbers of an epoch's metrics (not its artifact texts)."""
     return {
@@ -384,13 +399,18 @@ def run_trial(
         The last epoch's metrics (with ``artifacts``: file name -> text, on the last epoch).
     """
     objectives = objectives or [("val/acc", "max")]
+    start = time.perf_counter()
     trial = _Trial(config, reporter)
     restored = reporter.restore()
     if restored is not None:
         trial.load_state(restored)
+    # Data, model, plugins and checkpoint before the first epoch: what a study pays per trial
+    # beyond training (a reused worker keeps imports and the dataset: see `cached_splits`).
+    setup_s = time.perf_counter() - start
     metrics: dict[str, Any] = {}
     while trial.epoch < trial.cfg.train.epochs:
         metrics = trial.run_epoch(objectives)
+        metrics["setup_s"] = setup_s
         trial.history.append(numeric_metrics(metrics))
         reporter.report(metrics, trial.state())
     return metrics
