@@ -16,9 +16,15 @@ import torch
 
 from normstudy.plugins import Plugin, _base, plugin_registry
 from normstudy.spec import SpecError, validate_data
-from normstudy.spec._model import TrainSpec
+from normstudy.spec._model import ResourcesSpec, TrainSpec
 from normstudy.trial import LocalReporter
-from normstudy.trial._speed import COMPILE_BACKEND_ENV, CompiledForward, resolve
+from normstudy.trial._speed import (
+    COMPILE_BACKEND_ENV,
+    CompiledForward,
+    cap_gpu_memory,
+    memory_fraction,
+    resolve,
+)
 from normstudy.trial._train import _Trial
 from tests.test_plugin_contract import plugins_of, setups
 
@@ -78,6 +84,52 @@ def _forward_backward(trial: _Trial) -> tuple[dict[str, float], torch.Tensor]:
         for p in trial.model.parameters()
     ]
     return values, torch.cat(grads).double()
+
+
+# -- packed trials: the memory cap -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gpus", "cap", "expected"),
+    [(0.25, True, 0.25), (0.5, True, 0.5), (1.0, True, None), (2.0, True, None), (0.0, True, None),
+     (0.25, False, None)],
+)  # fmt: skip
+def test_a_packed_trial_may_use_its_share_of_the_gpu_memory(
+    gpus: float, cap: bool, expected: float | None
+) -> None:
+    assert memory_fraction(ResourcesSpec(gpus=gpus, gpu_memory_cap=cap)) == expected
+
+
+def test_the_cap_is_set_per_trial_on_cuda_and_lifted_for_a_whole_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CUDA cannot run here: the allocator call is recorded (the real cap is checked by the
+    CUDA-only test below)."""
+    calls: list[tuple[float, torch.device]] = []
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append((f, d))
+    )
+    cuda = torch.device("cuda")
+    assert cap_gpu_memory(ResourcesSpec(gpus=0.25), cuda) == 0.25
+    # a reused worker's next trial takes a whole GPU: the cap goes
+    assert cap_gpu_memory(ResourcesSpec(gpus=1.0), cuda) is None
+    assert cap_gpu_memory(ResourcesSpec(gpus=0.25), torch.device("cpu")) is None
+    assert calls == [(0.25, cuda), (1.0, cuda)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_capped_trial_cannot_allocate_beyond_its_share() -> None:
+    device = torch.device("cuda")
+    total = torch.cuda.get_device_properties(device).total_memory
+    try:
+        cap_gpu_memory(ResourcesSpec(gpus=0.05), device)
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(int(total * 0.1), dtype=torch.uint8, device=device)
+        cap_gpu_memory(ResourcesSpec(gpus=1.0), device)
+        torch.empty(int(total * 0.1), dtype=torch.uint8, device=device)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
 
 
 # -- options ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Heavy libraries (torch, ray, mlflow) are imported inside the commands that need 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -697,4 +698,33 @@ def main() -> None:
             show(message, category, *args)  # type: ignore[arg-type]
 
     warnings.showwarning = showwarning  # type: ignore[assignment]
-    app()
+    try:
+        app()  # standalone: ends with SystemExit
+    except SystemExit as done:
+        _exit_now(done.code)
+
+
+def _exit_now(code: object) -> None:
+    """Ends the process once the command is done: flushes the console, runs the atexit
+    handlers (Ray's shutdown, logging's flush, MLflow's), then `os._exit`. What it skips is the
+    interpreter's own teardown of torch, Ray, pyarrow and MLflow's modules: ~3.5 s of CPU after
+    every study on a 2-core machine, with nothing left to write. While a non-daemon thread
+    still runs, the interpreter's own exit (which waits for it) is kept."""
+    import atexit
+    import threading
+
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)  # type: ignore[arg-type]
+    if isinstance(code, str):  # sys.exit("message"): what the interpreter would print
+        print(code, file=sys.stderr)
+        code = 1
+    status = code if isinstance(code, int) else 0 if code is None else 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)

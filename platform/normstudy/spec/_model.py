@@ -277,6 +277,10 @@ class ResourcesSpec(Strict):
     cpus: Annotated[float, Field(gt=0.0, le=4096.0)] = 1.0
     gpus: Annotated[float, Field(ge=0.0, le=1024.0)] = 0.0
     """Fractions share a GPU between trials (e.g. 0.25: four trials per GPU)."""
+    gpu_memory_cap: bool = True
+    """With a fraction of a GPU, cap the trial's CUDA allocator at that fraction of the GPU's
+    memory (``torch.cuda.set_per_process_memory_fraction``), so one trial cannot starve the
+    others on the GPU: a trial that needs more fails with an out-of-memory error instead."""
 
 
 class FailureSpec(Strict):

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from normstudy.plugins import Plugin
-    from normstudy.spec._model import TrainSpec
+    from normstudy.spec._model import ResourcesSpec, TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,26 @@ def resolve(train: TrainSpec, device: torch.device) -> FastPath:
         precision = "bf16" if cuda_bf16 else "fp32"
     channels_last = device.type == "cuda" if train.channels_last is None else train.channels_last
     return FastPath(device, precision, channels_last, train.compile)
+
+
+def memory_fraction(resources: ResourcesSpec) -> float | None:
+    """The share of its GPU's memory a trial may allocate: ``resources.gpus`` when it is a
+    fraction of one GPU (k trials packed on a GPU), else None (no cap)."""
+    if resources.gpu_memory_cap and 0.0 < resources.gpus < 1.0:
+        return resources.gpus
+    return None
+
+
+def cap_gpu_memory(resources: ResourcesSpec, device: torch.device) -> float | None:
+    """Caps this process's CUDA caching allocator on ``device`` at `memory_fraction` of the
+    GPU (an allocation beyond it raises out-of-memory in this trial, not in its neighbours).
+    Set again for every trial a reused worker runs, so the cap always follows the trial's
+    own fraction; a trial without a fraction lifts it. Returns the fraction set."""
+    if device.type != "cuda":
+        return None
+    fraction = memory_fraction(resources)
+    torch.cuda.set_per_process_memory_fraction(1.0 if fraction is None else fraction, device)
+    return fraction
 
 
 def compile_blockers(plugins: list[Plugin]) -> list[str]:

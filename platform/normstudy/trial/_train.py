@@ -15,7 +15,7 @@ from normstudy.plugins import PluginContext, StepOutputs, instantiate
 from normstudy.spec import TrialConfig
 from normstudy.trial import _evaluations as ev
 from normstudy.trial._schedule import lr_factor
-from normstudy.trial._speed import resolve, training_forward
+from normstudy.trial._speed import cap_gpu_memory, resolve, training_forward
 
 if TYPE_CHECKING:
     from torch import nn
@@ -71,6 +71,7 @@ class _Trial:
         torch.set_num_threads(cfg.train.threads or max(1, int(cfg.resources.cpus)))
         use_cuda = cfg.resources.gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
+        cap_gpu_memory(cfg.resources, self.device)  # packed trials: no one starves the others
         self.fast = resolve(cfg.train, self.device)
         self.ctx = ctx = PluginContext(config=cfg, num_classes=0, in_chans=0, train_size=0)
         self.plugins = instantiate(cfg.plugins, ctx)
