@@ -9,12 +9,17 @@ same number of trials then runs in this process with `run_trial` (no Ray, no sto
 - fixed cost per study = wall(1 trial) - in-process wall(1 trial);
 - cost per trial = (wall(N) - wall(1) - (in-process(N) - in-process(1))) / (N - 1).
 
+Twice: with a fresh local Ray per study (what `normstudy run` does on a laptop), and attached
+to a Ray instance already running (``ray start --head``, then ``RAY_ADDRESS``), as on a cluster
+where `normstudy submit` finds Ray up.
+
     python benchmarks/bench_study_overhead.py [--trials 4] [--epochs 6] [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,17 +46,50 @@ def overrides(trials: int, epochs: int) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-def study_wall(trials: int, epochs: int) -> float:
+def study_wall(trials: int, epochs: int, address: str | None = None) -> float:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    if address:
+        env["RAY_ADDRESS"] = address
     with tempfile.TemporaryDirectory(prefix="nsbench") as home:
         args = [sys.executable, "-m", "normstudy", "run", str(QUICKSTART), "--home", home]
         start = time.perf_counter()
         done = subprocess.run(
-            [*args, *overrides(trials, epochs)], capture_output=True, text=True, check=False
+            [*args, *overrides(trials, epochs)], capture_output=True, text=True, env=env
         )
         wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"normstudy run failed:\n{done.stderr[-3000:]}")
     return wall
+
+
+@contextlib.contextmanager
+def running_ray() -> Iterator[str]:
+    """A local Ray started beforehand (``ray start --head``), stopped afterwards."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    port = 6390
+    with tempfile.TemporaryDirectory(prefix="nsray", dir="/tmp") as tmp:
+        subprocess.run(
+            [ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
+             f"--temp-dir={tmp}", f"--num-cpus={os.cpu_count()}"],
+            check=True, capture_output=True, env=env,
+        )  # fmt: skip
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+
+
+def overhead(in_process: list[float], one: float, many: float) -> dict[str, float]:
+    n = len(in_process)
+    return {
+        "study_1_s": round(one, 2),
+        f"study_{n}_s": round(many, 2),
+        "ratio": round(many / sum(in_process), 3),
+        "fixed_per_study_s": round(one - in_process[0], 2),
+        "per_trial_s": round((many - one - sum(in_process[1:])) / (n - 1), 2),
+    }
 
 
 def in_process_wall(trials: int, epochs: int) -> list[float]:
@@ -74,8 +113,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     n, epochs = args.trials, args.epochs
+    load_before = os.getloadavg()[0]
     in_process = in_process_wall(n, epochs)  # also warms the page cache and the imports
-    one, many = study_wall(1, epochs), study_wall(n, epochs)
+    fresh = overhead(in_process, study_wall(1, epochs), study_wall(n, epochs))
+    with running_ray() as address:
+        one, many = study_wall(1, epochs, address), study_wall(n, epochs, address)
+        attached = overhead(in_process, one, many)
     record = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -83,16 +126,14 @@ def main() -> None:
             "cores": os.cpu_count(),
             "gpu": "none",
             "python": platform.python_version(),
+            "load_before": load_before,
             "load_after": os.getloadavg()[0],
         },
         "trials": n,
         "epochs": epochs,
         "in_process_s": [round(t, 2) for t in in_process],
-        "study_1_s": round(one, 2),
-        f"study_{n}_s": round(many, 2),
-        "ratio": round(many / sum(in_process), 3),
-        "fixed_per_study_s": round(one - in_process[0], 2),
-        "per_trial_s": round((many - one - sum(in_process[1:])) / (n - 1), 2),
+        "fresh_local_ray": fresh,
+        "attached_to_running_ray": attached,
     }
     print(json.dumps(record, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ def test_plot_draws_the_kinds_asked_for(home: Path, tmp_path: Path) -> None:
 def test_run_ends_with_the_path_of_its_figures(
     home: Path, quickstart: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from normstudy.cli import _run_figures
+    from normstudy.cli_report import run_figures as _run_figures
 
     spec = load_spec(quickstart)
     paths = StudyPaths(as_location(home), spec.name)
@@ -103,7 +103,7 @@ def test_run_ends_with_the_path_of_its_figures(
 def test_run_without_scores_draws_nothing_and_says_why(
     tmp_path: Path, quickstart: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from normstudy.cli import _run_figures
+    from normstudy.cli_report import run_figures as _run_figures
 
     spec = load_spec(quickstart)
     paths = StudyPaths(as_location(tmp_path / "home"), spec.name)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from normstudy.cli_common import HomeOpt, TrackingOpt
 from normstudy.cli_output import err, out
 from normstudy.cli_output import fail as _fail
 
@@ -14,16 +15,8 @@ _STYLE = {"ok": "green", "note": "yellow", "problem": "red"}
 
 def doctor(
     study: Annotated[str, typer.Argument(help="The study to check.")],
-    home: Annotated[
-        str | None,
-        typer.Option(
-            "--home", help="Study home: a folder, s3://… or gs://… (default: $NORMSTUDY_HOME)."
-        ),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow server (default: $MLFLOW_TRACKING_URI or HOME's store)."),
-    ] = None,
+    home: HomeOpt = None,
+    tracking_uri: TrackingOpt = None,
     fix: Annotated[
         bool,
         typer.Option("--repair", help="Repair what can be rebuilt (not while a driver runs)."),

@@ -12,7 +12,6 @@ import typer
 
 from normstudy.cli_output import err, out
 from normstudy.cli_output import fail as _fail
-from normstudy.redact import redact
 
 if TYPE_CHECKING:
     from normstudy.spec import StudySpec
@@ -55,6 +54,7 @@ def run_and_show(
     again: str,
 ) -> None:
     """Runs a validated, preflighted scaling study, prints its optima; exits as it ended."""
+    from normstudy.cli_common import show_tracking_failures
     from normstudy.scaling import load_analysis, run_scaling, scaling_tables
     from normstudy.search import StudyStateError
     from normstudy.storage import StorageError
@@ -65,13 +65,10 @@ def run_and_show(
         )
     except (StudyStateError, StorageError) as e:
         _fail(str(e))
-    if outcome.tracking_failures:
-        err.print(
-            f"[yellow]MLflow: {len(outcome.tracking_failures)} logging calls failed; the "
-            "Parquet results are complete (sync-mlflow each part to send them)[/yellow]"
-        )
-        for line in outcome.tracking_failures[:5]:
-            err.print(f"  {redact(line)}", highlight=False)
+    show_tracking_failures(
+        outcome.tracking_failures,
+        "what waits in each part's outbox is sent on --resume or by: normstudy sync-mlflow PART",
+    )
     if outcome.interrupted:
         err.print(f"[yellow]interrupted[/yellow] — resume with: {again}", highlight=False)
         raise typer.Exit(130)

@@ -9,22 +9,15 @@ from typing import Annotated
 
 import typer
 
+from normstudy.cli_common import HomeOpt, TrackingOpt
 from normstudy.cli_output import err, out
 from normstudy.cli_output import fail as _fail
 
 
 def sync_mlflow(
     study: Annotated[str, typer.Argument(help="The study whose MLflow outbox to send.")],
-    home: Annotated[
-        str | None,
-        typer.Option(
-            "--home", help="Study home: a folder, s3://… or gs://… (default: $NORMSTUDY_HOME)."
-        ),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow server (default: $MLFLOW_TRACKING_URI or HOME's store)."),
-    ] = None,
+    home: HomeOpt = None,
+    tracking_uri: TrackingOpt = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300.0,
 ) -> None:
     """Send what MLflow could not take during a study (its outbox) now. Exit 0 when nothing is
