@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "searchspaces" / "quickstart.yaml"
@@ -138,6 +139,43 @@ def main() -> None:
     print(json.dumps(record, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "study_overhead_cpu.json").write_text(json.dumps(record, indent=2) + "\n")
+    (args.out / "study_overhead_cpu.md").write_text(markdown(record, n, epochs))
+
+
+def markdown(record: dict[str, Any], n: int, epochs: int) -> str:
+    m = record["machine"]
+    rows = [
+        f"| {label} | {r['study_1_s']} | {r[f'study_{n}_s']} | {r['ratio']} | "
+        f"{r['fixed_per_study_s']} | {r['per_trial_s']} |"
+        for label, r in (
+            ("fresh local Ray (`normstudy run`)", record["fresh_local_ray"]),
+            ("attached to a running Ray (`RAY_ADDRESS`)", record["attached_to_running_ray"]),
+        )
+    ]
+    trial_s = sum(record["in_process_s"]) / n
+    return "\n".join(
+        [
+            "# Study overhead: `normstudy run` against the same trials in one process",
+            "",
+            f"- Date: {record['date']}",
+            f"- CPU: {m['cpu']}, {m['cores']} cores (no GPU), Python {m['python']}; 1-min load "
+            f"average {m['load_before']:.2f} before, {m['load_after']:.2f} after",
+            f"- The quickstart study (digits, test_resnet), {epochs} epochs, FIFO, random "
+            f"sampler, one trial at a time; in process: {n} trials with `run_trial`, "
+            f"{trial_s:.1f} s each on average ({', '.join(map(str, record['in_process_s']))} s)",
+            "- ratio = study wall (N trials) / in-process wall (N trials); fixed = study wall "
+            "(1 trial) - in-process wall (1 trial); per trial = what each further trial adds",
+            "- Targets (issue 10): ratio ≤ 1.05 for 30-s trials, fixed ≤ 5 s, per trial ≤ 1 s",
+            "",
+            f"Command: `python benchmarks/bench_study_overhead.py --trials {n} --epochs {epochs}`",
+            "",
+            f"| Ray | study, 1 trial (s) | study, {n} trials (s) | ratio | fixed per study (s) "
+            "| per trial (s) |",
+            "|---|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

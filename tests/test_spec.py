@@ -649,8 +649,9 @@ def test_cli_validate_refuses_and_writes_nothing(
 def test_cli_run_preflight_exits_2_before_anything_starts(
     tmp_path: Path, quickstart: Path, overrides: list[str], needles: tuple[str, ...]
 ) -> None:
-    """Checks that need torch or the data run before Ray, Optuna, MLflow or the results
-    store: the study home stays absent (no mlflow.db, no study folder)."""
+    """Checks that need torch or the data run before Optuna, MLflow or the results store (a
+    local Ray starts meanwhile, and stops): the study home stays absent (no mlflow.db, no
+    study folder)."""
     home = tmp_path / "home"
     args = [a for item in overrides for a in ("--set", item)]
     proc, new = _cli(tmp_path, "run", str(quickstart), "--home", str(home), *args)

@@ -101,10 +101,12 @@ def run(
     spec = load_file(path, set_)
     if resume and overwrite:
         _fail("--resume and --overwrite exclude each other")
-    from normstudy.preflight import preflight  # torch, timm, the data: before Ray or any store
+    from normstudy.preflight import preflight  # torch, timm, the data: before any store
+    from normstudy.search import init_ray_during
 
     data = cli_scaling.data_checks(env_file)
-    problems = cli_scaling.preflight_parts(spec, data) if spec.scale else preflight(spec, data=data)
+    checks = cli_scaling.preflight_parts if spec.scale else preflight
+    problems = init_ray_during(lambda: checks(spec, data=data))
     if problems:
         _fail(f"{path}: the study cannot run\n" + "\n".join(f"  - {p}" for p in problems))
     if env_file is not None:

@@ -35,7 +35,7 @@ def describe(spec: StudySpec) -> None:
         out.print(f"    {part.name}: {describe_point(part.scale_point)}", highlight=False)
 
 
-def preflight_parts(spec: StudySpec, data: bool) -> list[str]:
+def preflight_parts(spec: StudySpec, *, data: bool = True) -> list[str]:
     """`preflight` of every scale point (a model or a dataset an axis reaches)."""
     from normstudy.preflight import preflight
     from normstudy.scaling import point_specs

@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
     from normstudy.spec import StudySpec
     from normstudy.storage import Location
+
+T = TypeVar("T")
 
 
 class StudyStateError(RuntimeError):
@@ -178,6 +181,48 @@ def _init_ray() -> None:
     )
     if address is None:  # what this driver started is stopped however the driver ends
         start_reaper(children_of_this_process() - before)
+
+
+def init_ray_during(work: Callable[[], T]) -> T:
+    """``work()`` on a thread while this thread starts the study's local Ray instance; its
+    result (or its exception, re-raised here).
+
+    ``normstudy run`` checks a study (preflight: torch, timm, a model on the meta device) for
+    seconds, and a local Ray takes seconds to start: one overlaps the other. Ray must start on
+    the main thread (started on another, its workers lose the GCS). Nothing is written to the
+    study's home meanwhile: a study that fails its checks leaves only a Ray instance, which the
+    process's exit stops. With ``RAY_ADDRESS`` (a cluster) ``work`` runs alone and Ray starts
+    later, in `run_study`.
+    """
+    if os.environ.get("RAY_ADDRESS") or _ray_initialized():
+        return work()
+    from normstudy.home import cache_dir
+    from normstudy.storage._credentials import move_aws_keys_to_file
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name="preflight", daemon=True)
+    move_aws_keys_to_file(cache_dir() / "credentials")  # before Ray sees the environment
+    thread.start()
+    try:
+        _init_ray()
+    finally:
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return cast("T", outcome["value"])
+
+
+def _ray_initialized() -> bool:
+    import ray
+
+    return bool(ray.is_initialized())
 
 
 def run_study(
