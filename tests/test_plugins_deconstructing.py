@@ -120,6 +120,13 @@ def test_standardization_kl_on_known_tensors() -> None:
         mu, var = float(values.mean()), float(values.var(unbiased=False))
         expected += 0.5 * (mu**2 + var - math.log(var + eps) - 1)
     assert float(kl_to_standard_normal(x, eps)) == pytest.approx(expected, rel=1e-5)
+    # the fused path (a NormLayer's input): the same value and gradient
+    a, b = x.double().requires_grad_(), x.double().requires_grad_()
+    slow, fast = kl_to_standard_normal(a, eps), kl_to_standard_normal(b, eps, may_save=True)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=0)
+    slow.backward()
+    fast.backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-14)
     standardized = (x - x.mean((0, 2, 3), keepdim=True)) / x.std(
         (0, 2, 3), unbiased=False, keepdim=True
     )

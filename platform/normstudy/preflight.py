@@ -3,7 +3,8 @@
 ``normstudy validate`` stays light (no torch); ``normstudy run`` calls :func:`preflight` after
 validation and before any store opens (while a local Ray starts: ``search.init_ray_during``),
 so a study whose every trial would fail (a ``model.kwargs`` key timm does not take, a dataset
-root without the dataset) exits 2 and writes nothing. ``normstudy submit`` runs the model checks: the data live on the cluster.
+root without the dataset) exits 2 and writes nothing. ``normstudy submit`` runs the model
+checks: the data live on the cluster.
 
 Example:
     >>> from normstudy.spec import load_spec

@@ -26,12 +26,21 @@ from torch import nn
 from normstudy.models._norm import NormLayer, RemovedNorm, norm_positions, reduce_dims
 
 
-def kl_to_standard_normal(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """½ Σ_channels (μ² + σ² − log(σ² + ε) − 1) of x (N, C, ...) over all but dim 1."""
+def kl_to_standard_normal(x: torch.Tensor, eps: float, *, may_save: bool = False) -> torch.Tensor:
+    """½ Σ_channels (μ² + σ² − log(σ² + ε) − 1) of x (N, C, ...) over all but dim 1.
+
+    ``may_save``: autograd may keep x itself, because nothing modifies it in place later (the
+    input of a ``NormLayer``, which BN's own backward keeps anyway): one fused ``var_mean``
+    pass instead of a mean, a centered copy and its square (what a ``RemovedNorm`` position
+    needs, see the module's note).
+    """
     dims = reduce_dims(x)
-    mean = x.mean(dim=dims, keepdim=True)
-    var = (x - mean).square().mean(dim=dims)
-    mean = mean.flatten()
+    if may_save:
+        var, mean = torch.var_mean(x, dim=dims, correction=0)
+    else:
+        centered_mean = x.mean(dim=dims, keepdim=True)
+        var = (x - centered_mean).square().mean(dim=dims)
+        mean = centered_mean.flatten()
     return 0.5 * (mean.square() + var - torch.log(var + eps) - 1.0).sum()
 
 
@@ -47,7 +56,8 @@ class StandardizationObserver:
     def __call__(self, layer: nn.Module, x: torch.Tensor) -> None:
         if layer.training and torch.is_grad_enabled():
             # Overwritten, not appended: only the latest training forward counts.
-            self.terms[self.index] = kl_to_standard_normal(x, self.eps)
+            may_save = isinstance(layer, NormLayer)
+            self.terms[self.index] = kl_to_standard_normal(x, self.eps, may_save=may_save)
 
 
 def observe_positions(
