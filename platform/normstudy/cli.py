@@ -130,7 +130,7 @@ def validate(
     if spec.scale:
         cli_scaling.describe(spec)
     if cluster is not None:
-        _check_cluster(cluster, {"cpus": spec.resources.cpus, "gpus": spec.resources.gpus})
+        _check_cluster(cluster, spec.trial_resources())
 
 
 def _check_cluster(path: Path, resources: dict[str, float]) -> None:
