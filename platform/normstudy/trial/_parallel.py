@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import logging
 import os
 import threading
@@ -44,8 +45,8 @@ def run_data_parallel(
 ) -> dict[str, Any]:
     """Train ``config`` over ``train.data_parallel.workers`` processes; this one is worker 0.
 
-    The restored checkpoint (if any) goes to every child with its arguments, so all workers
-    start from the same model, optimizer, scheduler and generator state.
+    The restored checkpoint (if any) goes to every child, as bytes, with its arguments, so all
+    workers start from the same model, optimizer, scheduler and generator state.
     """
     from torch import multiprocessing
 
@@ -53,12 +54,13 @@ def run_data_parallel(
     spec = TrialConfig.model_validate(config).train.data_parallel
     assert spec is not None and spec.workers > 1
     restored = reporter.restore()
+    packed = _pack(restored)
     store = _store(0, spec.workers, spec.timeout_s)
     context = multiprocessing.get_context("spawn")
     children: list[BaseProcess] = []
     try:
         for rank in range(1, spec.workers):
-            args = (config, objectives, restored, rank, store.port, os.getpid())
+            args = (config, objectives, packed, rank, store.port, os.getpid())
             child = context.Process(target=_child, args=args, name=f"normstudy-worker-{rank}")
             child.daemon = True  # ended by multiprocessing if this process exits normally
             child.start()
@@ -70,6 +72,23 @@ def run_data_parallel(
         return metrics
     finally:
         _stop(children)
+
+
+def _pack(state: dict[str, Any] | None) -> bytes | None:
+    """The checkpoint as bytes, a copy for the children. Pickled as tensors, torch would share
+    their memory with worker 0, whose optimizer adopts the restored momentum buffers and then
+    updates them in place: every worker would step the same buffers."""
+    if state is None:
+        return None
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _unpack(packed: bytes | None) -> dict[str, Any] | None:
+    if packed is None:
+        return None
+    return torch.load(io.BytesIO(packed), map_location="cpu", weights_only=False)
 
 
 def _store(rank: int, workers: int, timeout_s: float, port: int = 0) -> Any:
@@ -166,13 +185,14 @@ class _Silent:
 def _child(
     config: dict[str, Any],
     objectives: list[tuple[str, str]],
-    restored: dict[str, Any] | None,
+    packed: bytes | None,
     rank: int,
     port: int,
     parent: int,
 ) -> None:
     """Worker ``rank`` (in a spawned process): train in step with worker 0, then exit."""
     _watch_parent(parent)
+    restored = _unpack(packed)
     start = time.perf_counter()
     spec = TrialConfig.model_validate(config).train.data_parallel
     assert spec is not None
