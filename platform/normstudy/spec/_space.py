@@ -188,9 +188,9 @@ def check_space(spec: StudySpec) -> None:
         )
     base = spec.trial_base()
     for key, dist in spec.search.space.items():
-        _check_key(spec, key)
         if key.startswith("train.data_parallel"):
             raise ValueError(f"search.space[{key!r}]: {FIXED_PER_STUDY}")
+        _check_key(spec, key)
         if key in ("variant", "configuration"):  # a configuration is checked as a whole
             if key == "configuration":
                 for name in dist.candidates():
