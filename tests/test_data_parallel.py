@@ -265,6 +265,24 @@ def test_stopped_and_resumed_trial_continues_exactly(synced: _Watching, tmp_path
     assert single.epoch == 2
 
 
+class _KillingChildren(_Watching):
+    """Kills every child of this process after epoch 1 (a worker lost to the OOM killer)."""
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        super().report(metrics, state)
+        if len(self.history) == 1:
+            for pid in self.pids:
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_dead_worker_fails_the_trial_naming_it() -> None:
+    reporter = _KillingChildren()
+    with pytest.raises(RuntimeError) as err:  # gloo: the connection to it is reset
+        run_trial(_config({}, WORKERS, epochs=3), reporter)
+    assert [h["epoch"] for h in reporter.history] == [1]
+    assert "normstudy-worker-1 had exited with code -9" in "".join(err.value.__notes__)
+
+
 _ORPHAN = """
 import sys, time, multiprocessing
 from pathlib import Path

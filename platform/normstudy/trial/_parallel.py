@@ -66,7 +66,7 @@ def run_data_parallel(
             child.start()
             children.append(child)
         world = World(0, spec.workers)
-        with _process_group(world, store, config, on_error=lambda: _stop(children)):
+        with _process_group(world, store, config, on_error=lambda e: _end(children, e)):
             metrics = _run(config, reporter, objectives, world, restored, start)
             _join(children)  # before the group goes: children may still finish a collective
         return metrics
@@ -118,7 +118,10 @@ def _run(
 
 @contextlib.contextmanager
 def _process_group(
-    world: World, store: Any, config: dict[str, Any], on_error: Callable[[], None] | None = None
+    world: World,
+    store: Any,
+    config: dict[str, Any],
+    on_error: Callable[[BaseException], None] | None = None,
 ) -> Iterator[None]:
     """The default process group of this trial's workers, destroyed on every way out (after
     ``on_error`` when the body raised: end the children before their peers go away)."""
@@ -137,9 +140,9 @@ def _process_group(
     )
     try:
         yield
-    except BaseException:
+    except BaseException as err:
         if on_error is not None:
-            on_error()
+            on_error(err)
         raise
     finally:
         dist.destroy_process_group()
@@ -155,6 +158,15 @@ def _join(children: list[BaseProcess]) -> None:
     failed = [c.name for c in children if c.exitcode not in (0, None)]
     if failed:
         raise RuntimeError(f"data-parallel workers failed: {', '.join(failed)}")
+
+
+def _end(children: list[BaseProcess], err: BaseException) -> None:
+    """After an error in worker 0: name the children that had died (often the cause: worker 0
+    then sees only a broken connection), then end the others."""
+    for child in children:
+        if not child.is_alive() and child.exitcode not in (0, None):
+            err.add_note(f"{child.name} had exited with code {child.exitcode} (see its log)")
+    _stop(children)
 
 
 def _stop(children: list[BaseProcess]) -> None:
