@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from normstudy.cluster import fitting_node_types, load_cluster_config
 from normstudy.models import build_model
 from normstudy.models._ghost import GhostStatistics
 from normstudy.models._norm import NormLayer, norm_positions
@@ -377,6 +378,11 @@ def test_worker_count_is_fixed_per_study() -> None:
 def test_resources_are_per_worker() -> None:
     spec = validate_data({**_study({"norm_batch": {"sync": True}}), "resources": {"cpus": 3}})
     assert spec.trial_resources() == {"cpus": 6.0, "gpus": 0.0}
+    # A trial's workers share one node: 8 one-GPU workers fit the 8-GPU node type only.
+    cluster = load_cluster_config(Path(__file__).parents[1] / "cluster.yaml")
+    train = {"batch_size": 64, "data_parallel": {"workers": 8}}
+    eight = validate_data({**_study({}, **train), "resources": {"cpus": 4, "gpus": 1}})
+    assert set(fitting_node_types(eight.trial_resources(), cluster)) == {"ray.worker.gpu8"}
     assert spec.plugins["norm_batch"] == {"size": None, "sync": True}  # size: the global batch
 
 
