@@ -414,3 +414,24 @@ def test_norm_batch_sizes_are_per_device(
         assert stages == {"GhostStatistics"}
     else:
         assert stages == set()
+
+
+def test_workers_draw_their_own_noise_reproducibly() -> None:
+    """Workers 1.. reseed the global RNG from the shared generator and their rank: their own
+    streams (no repeated dropout masks across devices), the same again after a resume (which
+    restores the generator), and worker 0's stream (the checkpointed one) untouched."""
+    generator = torch.Generator().manual_seed(3)
+
+    def draws(world: World) -> torch.Tensor:
+        torch.manual_seed(0)
+        world.reseed(generator)
+        return torch.rand(4)
+
+    first, again = draws(World(1, 3)), draws(World(1, 3))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, draws(World(2, 3)))
+    torch.manual_seed(0)
+    plain = torch.rand(4)
+    assert torch.equal(draws(World(0, 3)), plain)
+    generator.manual_seed(4)  # the next epoch: the generator has moved on
+    assert not torch.equal(first, draws(World(1, 3)))
