@@ -50,10 +50,10 @@ def validate(
     if spec.scale:
         cli_scaling.describe(spec)
     if cluster is not None:
-        check_cluster(cluster, {"cpus": spec.resources.cpus, "gpus": spec.resources.gpus})
+        check_cluster(cluster, spec.trial_resources(), spec.train.workers)
 
 
-def check_cluster(path: Path, resources: dict[str, float]) -> None:
+def check_cluster(path: Path, resources: dict[str, float], workers: int = 1) -> None:
     # `validate --cluster`: Ray's own offline checks of the file, then whether a trial fits.
     from normstudy.cluster import (
         ClusterConfigError,
@@ -67,7 +67,13 @@ def check_cluster(path: Path, resources: dict[str, float]) -> None:
         config = load_cluster_config(path)
         check_fits(resources, config, path)
     except ClusterConfigError as e:
-        _fail(str(e))
+        per = (
+            f" (a trial asks for train.data_parallel.workers = {workers} times resources, all on "
+            "one node)"
+            if workers > 1
+            else ""
+        )
+        _fail(f"{e}{per}")
     fits = describe_node_types(fitting_node_types(resources, config))
     out.print(f"fits node types: {fits}", highlight=False, soft_wrap=True)
 

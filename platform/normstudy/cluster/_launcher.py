@@ -173,7 +173,7 @@ def fitting_node_types(
     """The node types (see :func:`node_types`) on which one trial with ``resources`` fits.
 
     Args:
-        resources: One trial's ``{"cpus": ..., "gpus": ...}`` (a study's ``resources``).
+        resources: One trial's ``{"cpus": ..., "gpus": ...}`` (``StudySpec.trial_resources``).
         config: A config from :func:`load_cluster_config`.
     """
     return _fitting(*_asked(resources), node_types(config))
@@ -183,7 +183,7 @@ def check_fits(resources: Mapping[str, float], config: Mapping[str, Any], path: 
     """Raise unless one trial with ``resources`` fits at least one node type of ``config``.
 
     Args:
-        resources: One trial's ``{"cpus": ..., "gpus": ...}`` (a study's ``resources``).
+        resources: One trial's ``{"cpus": ..., "gpus": ...}`` (``StudySpec.trial_resources``).
         config: A config from :func:`load_cluster_config`.
         path: The cluster file, named in the message.
 

@@ -155,8 +155,9 @@ class NormLayer(_BatchNorm):
             )
         self.owners[stage] = plugin
 
-    def update_running(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-        """BN's running-average update (unbiased variance), outside autograd."""
+    def update_running(self, mean: torch.Tensor, var: torch.Tensor, n: int | torch.Tensor) -> None:
+        """BN's running-average update (unbiased variance with ``n`` values per channel: a
+        count on the device when only the device knows it), outside autograd."""
         assert self.running_mean is not None and self.running_var is not None
         with torch.no_grad():
             if self.num_batches_tracked is not None:
@@ -166,7 +167,10 @@ class NormLayer(_BatchNorm):
             if self.momentum is None and tracked is not None:
                 # BN's cumulative average, 1/batches, on the device: no host sync per step.
                 momentum = 1.0 / tracked.clamp(min=1).float()
-            unbiased = var * n / max(n - 1, 1)
+            if isinstance(n, torch.Tensor):
+                unbiased = var * n / (n - 1).clamp(min=1)
+            else:
+                unbiased = var * n / max(n - 1, 1)
             self.running_mean.lerp_(mean.detach(), momentum)
             self.running_var.lerp_(unbiased.detach(), momentum)
 

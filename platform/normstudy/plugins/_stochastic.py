@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from normstudy.plugins._base import (
     ParamGroup,
@@ -63,11 +63,25 @@ class NormBatch(Plugin):
     }
 
     class Options(PluginOptions):
-        size: Annotated[int, Field(ge=1)] = 128
+        size: Annotated[int, Field(ge=1)] | None = 128
         """N, samples per normalization batch. N = B: BN. N > B: each step adds N − B random
         training samples (same augmentation) that shape the batch statistics only. N < B: ghost
-        BN over groups of N consecutive samples (N must divide ``train.batch_size``). Per device
-        under data-parallel training unless BN is synchronized."""
+        BN over groups of N consecutive samples (N must divide ``train.batch_size``). Under
+        ``train.data_parallel`` B is the per-device batch (batch_size / workers) unless
+        ``sync``. null: N = B (the default with ``sync``)."""
+        sync: bool = False
+        """Synchronize the statistics over all workers of a ``train.data_parallel`` trial
+        (SyncBatchNorm): every sample is normalized over the global batch, so N = B =
+        ``train.batch_size`` (``size`` must be that or left out). Off: per-device statistics,
+        as DistributedDataParallel has them. No effect on a one-process trial."""
+
+        @model_validator(mode="before")
+        @classmethod
+        def _sync_size(cls, data: Any) -> Any:
+            # With sync the only normalization batch is the global one: an omitted size means it.
+            if isinstance(data, dict) and data.get("sync") is True and "size" not in data:
+                return {**data, "size": None}
+            return data
 
     options: Options
 
@@ -78,15 +92,44 @@ class NormBatch(Plugin):
     @classmethod
     def check(cls, options: PluginOptions, spec: StudySpec) -> None:
         assert isinstance(options, cls.Options)
-        _check_ghost(options.size, spec.train.batch_size)
+        train = spec.train
+        if not options.sync:
+            if options.size is not None:
+                _check_ghost(options.size, train.device_batch, train.workers)
+        elif options.size not in (None, train.batch_size):
+            raise ValueError(
+                f"plugins.norm_batch.size ({options.size}) must equal train.batch_size "
+                f"({train.batch_size}) with plugins.norm_batch.sync: true: synchronized "
+                "statistics normalize over the global batch of all train.data_parallel.workers; "
+                "leave size out, or turn sync off for a per-device size"
+            )
+
+    @property
+    def _workers(self) -> int:
+        return self.ctx.config.train.workers
+
+    @property
+    def size(self) -> int:
+        """N per device (the global B with ``sync``); ``size: null`` is the training batch."""
+        train = self.ctx.config.train
+        if self.options.sync:
+            return train.batch_size
+        return train.device_batch if self.options.size is None else self.options.size
 
     def patch_model(self, model: nn.Module) -> nn.Module:
         from normstudy.models._ghost import GhostStatistics
         from normstudy.models._norm import to_norm_layers
+        from normstudy.models._sync import SyncStatistics
 
-        size, batch = self.options.size, self.ctx.config.train.batch_size
+        if self.options.sync:
+            if self._workers > 1:
+                for _, layer in to_norm_layers(model):
+                    layer.claim("statistics", self.name)
+                    layer.statistics = SyncStatistics()
+            return model
+        size, batch = self.size, self.ctx.config.train.device_batch
         if size < batch:  # ghost BN; N >= B keeps BN's statistics (N > B: over the N samples)
-            _check_ghost(size, batch)  # also for sizes sampled by a search
+            _check_ghost(size, batch, self._workers)  # also for sizes sampled by a search
             for _, layer in to_norm_layers(model):
                 layer.claim("statistics", self.name)
                 layer.statistics = GhostStatistics(size)
@@ -95,31 +138,40 @@ class NormBatch(Plugin):
     def extra_samples(self, batch_size: int) -> int:
         self._sum += self.effective(batch_size)
         self._steps += 1
-        return max(0, self.options.size - batch_size) if self._adds_samples() else 0
+        return max(0, self.size - batch_size) if self._adds_samples() else 0
 
     def _adds_samples(self) -> bool:
-        return self.options.size > self.ctx.config.train.batch_size
+        return not self.options.sync and self.size > self.ctx.config.train.device_batch
 
     def effective(self, batch_size: int) -> float:
         """Samples whose statistics normalize a sample in a step with ``batch_size`` training
-        samples, averaged over the samples (N, except for a last partial ghost group)."""
-        size = self.options.size
+        samples (per device), averaged over the samples (N, except for a last partial ghost
+        group; with ``sync`` the samples of all workers)."""
+        if self.options.sync:
+            return float(batch_size * self._workers)
+        size = self.size
         if self._adds_samples():
             return float(size)
         full, rest = divmod(batch_size, size)
         return (full * size * size + rest * rest) / batch_size
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        value = self._sum / self._steps if self._steps else float(self.options.size)
+        value = self._sum / self._steps if self._steps else float(self.size)
         self._sum, self._steps = 0.0, 0
         return {"norm_batch/effective": value}
 
 
-def _check_ghost(size: int, batch: int) -> None:
+def _check_ghost(size: int, batch: int, workers: int = 1) -> None:
     if size < batch and batch % size:
+        where = f"train.batch_size ({batch})"
+        if workers > 1:
+            where = (
+                f"the per-device batch, train.batch_size / train.data_parallel.workers "
+                f"({batch * workers} / {workers} = {batch})"
+            )
         raise ValueError(
-            f"plugins.norm_batch.size ({size}) must divide train.batch_size ({batch}): below "
-            "the training batch, norm_batch normalizes groups of size consecutive samples"
+            f"plugins.norm_batch.size ({size}) must divide {where}: below the training batch, "
+            "norm_batch normalizes groups of size consecutive samples"
         )
 
 

@@ -384,13 +384,16 @@ def _check_resources(spec: StudySpec) -> None:
     if os.environ.get("RAY_ADDRESS"):
         return
     have = ray.cluster_resources()
+    workers = spec.train.workers
     for field, key in (("cpus", "CPU"), ("gpus", "GPU")):
-        want = getattr(spec.resources, field)
+        want = spec.trial_resources()[field]
         if want > have.get(key, 0.0):
+            each = getattr(spec.resources, field)
+            per = f" ({workers} workers × {each:g})" if workers > 1 else ""
             raise StudyStateError(
-                f"resources.{field} is {want} per trial but this machine has "
+                f"resources.{field} is {want:g} per trial{per} but this machine has "
                 f"{have.get(key, 0.0):g}; lower it (e.g. --set resources.{field}="
-                f"{have.get(key, 0.0):g}) or submit the study to a cluster"
+                f"{have.get(key, 0.0) / workers:g}) or submit the study to a cluster"
             )
 
 
@@ -476,7 +479,8 @@ def _tuner(spec: StudySpec, paths: StudyPaths, callbacks: list[Any], resume: boo
             variants=spec.variants,
             objectives=_objectives(spec),
         ),
-        {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
+        # One Ray actor per trial, so a data-parallel trial's workers share one node.
+        {"cpu": spec.trial_resources()["cpus"], "gpu": spec.trial_resources()["gpus"]},
     )
     if resume and tune.Tuner.can_restore(paths.tune.uri):
         _reconcile_optuna(spec, paths)

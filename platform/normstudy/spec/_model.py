@@ -23,6 +23,7 @@ from normstudy.spec._types import (
 )
 
 Mode = Literal["max", "min"]
+FIXED_PER_STUDY = "train.data_parallel is fixed per study: it sets the Ray resources of every trial"
 ScaleValue = bool | int | float | str
 """A value of a scale axis: a batch size, a model name, a fraction."""
 
@@ -134,6 +135,20 @@ class ScheduleSpec(Strict):
     """cosine: final lr as a fraction of the initial lr."""
 
 
+class DataParallelSpec(Strict):
+    """One trial trained data-parallel over ``workers`` processes of one node (torch
+    DistributedDataParallel): one GPU each on CUDA, CPU processes on CPU."""
+
+    workers: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Processes of the trial, all on one node. ``train.batch_size`` stays the global batch:
+    each worker trains on batch_size / workers samples of it (workers must divide it)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend; auto: nccl on CUDA, gloo on CPU."""
+    timeout_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = 1800.0
+    """Seconds a worker waits for the others at a collective (workers 1.. wait at the next
+    epoch's first one while worker 0 evaluates)."""
+
+
 class TrainSpec(Strict):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: Annotated[float, Field(gt=0.0)] = 0.1
@@ -167,6 +182,30 @@ class TrainSpec(Strict):
     seconds to minutes of compilation per trial, so turn it on for long trials on a GPU (paper
     runs: tens of epochs), not for short searches. A plugin that cannot be compiled makes the
     trial train eagerly, with the reason logged."""
+    data_parallel: DataParallelSpec | None = None
+    """Train each trial data-parallel over several workers of one node (None: one process).
+    Normalization statistics are per worker (B / workers samples) unless
+    ``plugins.norm_batch.sync`` synchronizes them over the global batch."""
+
+    @property
+    def workers(self) -> int:
+        """Processes one trial trains in (1 without ``data_parallel``)."""
+        return self.data_parallel.workers if self.data_parallel is not None else 1
+
+    @property
+    def device_batch(self) -> int:
+        """Training samples per worker and step: ``batch_size / workers``."""
+        return self.batch_size // self.workers
+
+    @model_validator(mode="after")
+    def _divisible_batch(self) -> TrainSpec:
+        if self.batch_size % self.workers:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be divisible by "
+                f"train.data_parallel.workers ({self.workers}): batch_size is the global batch, "
+                "split evenly over the workers"
+            )
+        return self
 
 
 Strengths = Annotated[list[Annotated[float, Field(gt=0.0)]], Field(max_length=100)]
@@ -274,13 +313,31 @@ class SearchSpec(Strict):
 
 
 class ResourcesSpec(Strict):
+    """What one trial, or one worker of a data-parallel trial, asks Ray for."""
+
     cpus: Annotated[float, Field(gt=0.0, le=4096.0)] = 1.0
+    """Per worker under ``train.data_parallel`` (a trial asks for workers × cpus)."""
     gpus: Annotated[float, Field(ge=0.0, le=1024.0)] = 0.0
-    """Fractions share a GPU between trials (e.g. 0.25: four trials per GPU)."""
+    """Fractions share a GPU between trials (e.g. 0.25: four trials per GPU). Per worker under
+    ``train.data_parallel``, where it is 0 or 1 (one GPU per worker)."""
     gpu_memory_cap: bool = True
     """With a fraction of a GPU, cap the trial's CUDA allocator at that fraction of the GPU's
     memory (``torch.cuda.set_per_process_memory_fraction``), so one trial cannot starve the
     others on the GPU: a trial that needs more fails with an out-of-memory error instead."""
+
+
+def check_data_parallel(train: TrainSpec, resources: ResourcesSpec) -> None:
+    """Under ``train.data_parallel`` each worker has a whole GPU or none."""
+    if train.workers > 1 and resources.gpus not in (0.0, 1.0):
+        raise ValueError(
+            f"resources.gpus ({resources.gpus:g}) must be 0 or 1 with train.data_parallel: it "
+            f"is per worker, each of the {train.workers} workers drives one whole GPU"
+        )
+
+
+def trial_resources(train: TrainSpec, resources: ResourcesSpec) -> dict[str, float]:
+    """One trial's Ray request, ``{"cpus": ..., "gpus": ...}``: ``resources`` per worker."""
+    return {"cpus": resources.cpus * train.workers, "gpus": resources.gpus * train.workers}
 
 
 class FailureSpec(Strict):
@@ -394,6 +451,8 @@ class StudySpec(Strict):
             for key in values:
                 if not isinstance(key, str) or key in ("configuration", "seed"):
                     raise ValueError(f"configs.{name}: {key!r} cannot be set by a configuration")
+                if key.startswith("train.data_parallel"):
+                    raise ValueError(f"configs.{name}: {key!r}: {FIXED_PER_STUDY}")
         return value
 
     def variant_plugins(self, variant: str | None) -> dict[str, dict[str, Any]]:
@@ -448,11 +507,16 @@ class StudySpec(Strict):
                     "seed; the seed is not a hyperparameter to sample"
                 )
         check_search_metrics(self)
+        check_data_parallel(self.train, self.resources)
         if self.scale or self.scale_of:
             from normstudy.spec._scale import check_scale
 
             check_scale(self)
         return self
+
+    def trial_resources(self) -> dict[str, float]:
+        """What one trial asks Ray for: ``resources`` times ``train.data_parallel.workers``."""
+        return trial_resources(self.train, self.resources)
 
     def with_absolute_paths(self) -> StudySpec:
         """A copy whose data paths are absolute: Tune runs each trial in its own directory."""
@@ -516,3 +580,8 @@ class TrialConfig(Strict):
 
         check_finite_tree(value or {}, "plugins")
         return validate_plugin_options(value or {})
+
+    @model_validator(mode="after")
+    def _data_parallel(self) -> TrialConfig:
+        check_data_parallel(self.train, self.resources)
+        return self

@@ -171,6 +171,8 @@ def _check_params(spec: StudySpec, base: dict[str, Any], params: dict[str, Any],
 def check_space(spec: StudySpec) -> None:
     """Every space key names a field, and every range end / choice is valid for it (and for the
     plugins' own checks); under the grid sampler every grid point is checked."""
+    from normstudy.spec._model import FIXED_PER_STUDY
+
     # Named configurations that each pick a variant (a scaling study's transfer phase) need
     # no variant axis.
     picked = bool(spec.configs) and all("variant" in c for c in spec.configs.values())
@@ -186,6 +188,8 @@ def check_space(spec: StudySpec) -> None:
         )
     base = spec.trial_base()
     for key, dist in spec.search.space.items():
+        if key.startswith("train.data_parallel"):
+            raise ValueError(f"search.space[{key!r}]: {FIXED_PER_STUDY}")
         _check_key(spec, key)
         if key in ("variant", "configuration"):  # a configuration is checked as a whole
             if key == "configuration":

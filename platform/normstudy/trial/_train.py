@@ -16,6 +16,7 @@ from normstudy.spec import TrialConfig
 from normstudy.trial import _evaluations as ev
 from normstudy.trial._schedule import lr_factor
 from normstudy.trial._speed import cap_gpu_memory, resolve, training_forward
+from normstudy.trial._world import SOLO, World
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,19 +59,39 @@ def _build_optimizer(cfg: TrialConfig, model: nn.Module, plugins: list[Plugin]) 
     )
 
 
-class _Trial:
-    """State of one run; ``run_epoch`` drives it."""
+def _device(cfg: TrialConfig, world: World) -> torch.device:
+    if not (cfg.resources.gpus > 0 and torch.cuda.is_available()):
+        return torch.device("cpu")
+    if world.size == 1:
+        return torch.device("cuda")
+    torch.cuda.set_device(world.rank)  # one GPU per worker; the node's GPUs are the trial's
+    return torch.device("cuda", world.rank)
 
-    def __init__(self, config: dict[str, Any], reporter: Reporter) -> None:
+
+class _Parts(torch.nn.Module):
+    """The training forward as a module's ``forward``, for DistributedDataParallel (which only
+    synchronizes gradients of passes through its own ``forward``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ev.forward_parts(self.model, x)
+
+
+class _Trial:
+    """State of one run (or of one worker of a data-parallel run); ``run_epoch`` drives it."""
+
+    def __init__(self, config: dict[str, Any], reporter: Reporter, world: World = SOLO) -> None:
         from normstudy.data import sample_batch
         from normstudy.models import build_model
         from normstudy.spec._model import AugmentSpec
 
         self.cfg = cfg = TrialConfig.model_validate(config)
-        self.reporter = reporter
+        self.reporter, self.world = reporter, world
         torch.set_num_threads(cfg.train.threads or max(1, int(cfg.resources.cpus)))
-        use_cuda = cfg.resources.gpus > 0 and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.device = _device(cfg, world)
         cap_gpu_memory(cfg.resources, self.device)  # packed trials: no one starves the others
         self.fast = resolve(cfg.train, self.device)
         self.ctx = ctx = PluginContext(config=cfg, num_classes=0, in_chans=0, train_size=0)
@@ -95,8 +116,13 @@ class _Trial:
             plugin.data_init(self.model, self.fast.layout(init_x))
         self.optimizer = _build_optimizer(cfg, self.model, self.plugins)
         self.scaler = self.fast.grad_scaler()
+        eager = (
+            partial(ev.forward_parts, self.model)
+            if world.size == 1
+            else world.wrap(_Parts(self.model), self.device)
+        )
         self.forward = training_forward(
-            partial(ev.forward_parts, self.model),
+            eager,
             self.fast,
             self.model,
             self.plugins,
@@ -149,8 +175,11 @@ class _Trial:
         n = max((p.extra_samples(batch_size) for p in self.plugins), default=0)
         if n <= 0:
             return None
-        x, _ = sample_batch(self.splits.train, n, self.generator, self.cfg.dataset.augment)
-        return x
+        # Every worker draws the extra samples of all and keeps its own: different samples per
+        # device, and the shared generator stays the same on every worker.
+        k = self.world.size
+        x, _ = sample_batch(self.splits.train, n * k, self.generator, self.cfg.dataset.augment)
+        return self.world.shard(x)
 
     def losses(
         self, x: torch.Tensor, y: torch.Tensor
@@ -227,8 +256,9 @@ class _Trial:
     def train_epoch(self) -> dict[str, float]:
         from normstudy.data import train_batches
 
-        cfg = self.cfg
+        cfg, world = self.cfg, self.world
         self.model.train()
+        world.reseed(self.generator)
         sums: dict[str, Any] = {"loss": 0.0, "correct": 0, "n": 0, "steps": 0}
         batches = train_batches(
             self.splits.train,
@@ -240,26 +270,36 @@ class _Trial:
         for step, (x, y) in enumerate(batches):
             if cfg.train.max_steps_per_epoch and step >= cfg.train.max_steps_per_epoch:
                 break
-            self._step(x, y, sums)
+            # Every worker draws the same global batch (same generator) and trains on its slice.
+            self._step(world.shard(x), world.shard(y), sums)
             sums["steps"] += 1
         return self._epoch_means(sums)
 
     def _epoch_means(self, sums: dict[str, Any]) -> dict[str, float]:
-        """Per-sample means of the epoch's sums: the epoch's one host-device sync."""
-        n, steps = max(sums.pop("n"), 1), sums.pop("steps")
+        """Per-sample means of the epoch's sums (over all workers): the epoch's one host-device
+        sync (and, data-parallel, its one all-reduce of metrics)."""
+        steps = sums.pop("steps")
+        bad_step, bad_loss = sums.pop("bad_step", -1), sums.pop("bad_loss", 0.0)
         keys = list(sums)
-        values = torch.stack([self._on_device(sums[k]) for k in keys]).tolist()
-        host = dict(zip(keys, values, strict=True))
-        bad_step = int(host.pop("bad_step", -1))
-        bad_loss = host.pop("bad_loss", 0.0)
-        if bad_step >= 0:
-            raise FloatingPointError(
-                f"training loss is {bad_loss} at epoch {self.epoch + 1} "
-                f"(step {bad_step + 1} of {steps})"
-            )
+        # Summed over the workers: the metric sums and how many workers met a bad loss.
+        summed = [self._on_device(sums[k]) for k in keys] + [self._on_device(bad_step >= 0)]
+        local = [self._on_device(bad_step), self._on_device(bad_loss)]
+        values = torch.cat([self.world.sum(torch.stack(summed)), torch.stack(local)]).tolist()
+        host = dict(zip([*keys, "bad_workers", "bad_step", "bad_loss"], values, strict=True))
+        if host.pop("bad_workers") > 0:
+            raise FloatingPointError(self._bad_loss_message(host, steps))
+        n = max(host.pop("n"), 1)
         metrics = {"train/loss": host.pop("loss") / n, "train/acc": host.pop("correct") / n}
-        metrics.update({k: v / n for k, v in host.items()})
+        metrics.update({k: v / n for k, v in host.items() if k not in ("bad_step", "bad_loss")})
         return metrics
+
+    def _bad_loss_message(self, host: dict[str, float], steps: int) -> str:
+        if host["bad_step"] < 0:  # another worker's loss (its own error says which)
+            return f"training loss is not finite at epoch {self.epoch + 1} on another worker"
+        return (
+            f"training loss is {host['bad_loss']} at epoch {self.epoch + 1} "
+            f"(step {int(host['bad_step']) + 1} of {steps})"
+        )
 
     # -- evaluation -------------------------------------------------------------------------
     def _batches(self, which: str, limit: int | None = None) -> Any:
@@ -324,6 +364,10 @@ class _Trial:
         lr = self._lr()
         metrics: dict[str, Any] = self.train_epoch()
         self.scheduler.step()
+        self.world.average_buffers(self.model)
+        if not self.world.is_main:  # parameters are the same everywhere: worker 0 evaluates
+            self.epoch += 1
+            return metrics
         with self.fast.autocast():
             metrics.update(self.evaluate("val"))
             metrics.update(self.diagnostics())
@@ -400,9 +444,24 @@ def run_trial(
         The last epoch's metrics (with ``artifacts``: file name -> text, on the last epoch).
     """
     objectives = objectives or [("val/acc", "max")]
+    if TrialConfig.model_validate(config).train.workers > 1:
+        from normstudy.trial._parallel import run_data_parallel
+
+        return run_data_parallel(config, reporter, objectives)
     start = time.perf_counter()
-    trial = _Trial(config, reporter)
-    restored = reporter.restore()
+    return run_worker(config, reporter, objectives, SOLO, reporter.restore(), start)
+
+
+def run_worker(
+    config: dict[str, Any],
+    reporter: Reporter,
+    objectives: list[tuple[str, str]],
+    world: World,
+    restored: dict[str, Any] | None,
+    start: float,
+) -> dict[str, Any]:
+    """The epochs of one process of the trial; worker 0 (or the only one) reports them."""
+    trial = _Trial(config, reporter, world)
     if restored is not None:
         trial.load_state(restored)
     # Data, model, plugins and checkpoint before the first epoch: what a study pays per trial
@@ -411,7 +470,8 @@ def run_trial(
     metrics: dict[str, Any] = {}
     while trial.epoch < trial.cfg.train.epochs:
         metrics = trial.run_epoch(objectives)
-        metrics["setup_s"] = setup_s
-        trial.history.append(numeric_metrics(metrics))
-        reporter.report(metrics, trial.state())
+        if world.is_main:
+            metrics["setup_s"] = setup_s
+            trial.history.append(numeric_metrics(metrics))
+            reporter.report(metrics, trial.state())
     return metrics
