@@ -107,6 +107,7 @@ def run(
     spec = load_file(path, set_)
     if resume and overwrite:
         _fail("--resume and --overwrite exclude each other")
+    refuse_if_running(spec.name, home)  # at once, not after the checks and Ray's start
     from normstudy.preflight import preflight  # torch, timm, the data: before any store
     from normstudy.search import init_ray_during
 
@@ -130,6 +131,22 @@ def run(
         )
         return
     run_and_show(spec, home, resume, overwrite, tracking_uri, top, again)
+
+
+def refuse_if_running(study: str, home: str | None) -> None:
+    """Exits 2 naming the driver when a live one holds the study's lease. `run_study` takes
+    the lease itself (race-free); this only spares a second driver the seconds of checks and
+    Ray's start before it hears so."""
+    from normstudy.home import StudyPaths
+    from normstudy.storage import LEASE_FILE, LeaseHeldError, StorageError, live_holder
+
+    root = StudyPaths(home_location(home), study).root
+    try:
+        holder = live_holder(root)
+    except StorageError:
+        return  # the run itself reports what is wrong with the home
+    if holder is not None:
+        _fail(str(LeaseHeldError(root / LEASE_FILE, holder)))
 
 
 def run_and_show(  # type: ignore[no-untyped-def]
