@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from normstudy.spec import StudySpec
     from normstudy.storage import Location
 
+
 class StudyStateError(RuntimeError):
     """The study folder does not fit the request (exists without --resume, or changed)."""
 
